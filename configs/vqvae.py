@@ -1,0 +1,61 @@
+r"""VQ-VAE (van den Oord et al. 2017) configs.
+
+Variants (`--config=configs/vqvae.py:VARIANT[,quantizer=vq|vq_ema]`):
+
+digits (default) — the embedded scikit-learn digits (8x8, 1497 train / 300 test),
+  8x8 -> 4x4 codes, K=64, D=16. Offline, no preparation:
+    python -m vqlatent.main --config=configs/vqvae.py --workdir=/tmp/vqvae_digits
+  Measured on a 2-core CPU (2026-11-24): see the `digits` row of
+  benchmarks/RESULTS.md (run time, test MSE, usage).
+
+mnist — 28x28 -> 7x7x64 latents, K=512, EMA decay 0.99, beta 0.25, Adam 3e-4,
+  batch 128, 2000 steps, 128 hidden channels, 2 residual blocks of 32
+  (the setup of the Sonnet/Haiku example). Reads the canonical idx files:
+    python -m vqlatent.main --config=configs/vqvae.py:mnist \
+      --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/vqvae_mnist
+  Measured: see benchmarks/RESULTS.md (test MSE / PSNR / perplexity / usage at
+  250/500/1000/2000 steps, EMA and non-EMA, with the run time).
+
+mnist_tfds — the same model on the TFDS catalog `mnist` (prepare it once with
+  `python -m vqlatent.data.prepare --dataset=mnist`, which needs TensorFlow).
+
+cifar10 — 32x32x3 -> 8x8 codes, K=512, D=64, batch 128 (TFDS `cifar10`).
+
+imagenet128 — the paper's ImageNet setting: 128x128x3 -> 32x32 codes, K=512,
+  D=64 (compression 42.7x), TFDS `imagenet2012` resized to 128 (needs the
+  manually downloaded ImageNet tars: `python -m vqlatent.data.prepare
+  --dataset=imagenet2012 --manual_dir=...`).
+"""
+
+import ml_collections
+
+from vqlatent import configs as cfg_lib
+
+VARIANTS = ("digits", "mnist", "mnist_tfds", "cifar10", "imagenet128")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", quantizer="vq_ema")
+  config = ml_collections.ConfigDict()
+  config.model_name = "vqvae"
+  config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
+  model = dict(num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32,
+               num_downsamples=2, embedding_dim=64, upsample="subpixel")
+  if variant == "digits":
+    config.data = cfg_lib.data_config("sklearn_digits")
+    model.update(num_hiddens=64, num_downsamples=1, embedding_dim=16)
+    num_codes, batch_size, steps, eval_every = 64, 64, 1000, 250
+  elif variant in ("mnist", "mnist_tfds"):
+    config.data = cfg_lib.data_config("mnist_idx" if variant == "mnist" else "mnist")
+    num_codes, batch_size, steps, eval_every = 512, 128, 2000, 250
+  elif variant == "cifar10":
+    config.data = cfg_lib.data_config("cifar10")
+    num_codes, batch_size, steps, eval_every = 512, 128, 100_000, 5000
+  elif variant == "imagenet128":
+    config.data = cfg_lib.data_config("imagenet2012", image_size=128, eval_split="validation")
+    num_codes, batch_size, steps, eval_every = 512, 128, 250_000, 10_000
+  config.model = ml_collections.ConfigDict(model)
+  config.quantizer = cfg_lib.quantizer_config(opts["quantizer"], num_codes, model["embedding_dim"])
+  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps,
+                          eval_every_steps=eval_every, checkpoint_every_steps=eval_every)
+  return config

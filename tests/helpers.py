@@ -1,0 +1,37 @@
+"""Tiny configs shared by the tests (seconds per run on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name: str, arg: str | None = None):
+  """`configs/<name>.py`'s get_config(arg), loaded by path as config_flags does."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO_ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_vqvae_config(data_dir: str, arg: str | None = None):
+  """The default (digits) VQ-VAE config, shrunk: 16 hidden channels, K=16, D=8."""
+  config = load_config("vqvae", arg)
+  config.data.data_dir = str(data_dir)
+  config.model.num_hiddens = 16
+  config.model.num_residual_hiddens = 8
+  config.model.num_residual_layers = 1
+  config.model.embedding_dim = 8
+  config.quantizer.embedding_dim = 8
+  config.quantizer.num_embeddings = 16
+  config.batch_size = 16
+  config.eval_batch_size = 64
+  config.num_train_steps = 6
+  config.log_every_steps = 2
+  config.eval_every_steps = 6
+  config.checkpoint_every_steps = 2
+  config.progress_bar = False
+  config.data.num_workers = 1
+  return config

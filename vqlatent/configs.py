@@ -1,0 +1,79 @@
+"""Helpers for the config files in `configs/` (big_vision style `get_config(arg)`).
+
+A config file is `configs/<model>.py` with `get_config(arg)`; the variant is
+chosen on the command line as `--config=configs/vqvae.py:mnist` and any field is
+overridden as `--config.batch_size=8`. The config is locked, so a misspelt
+field is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from vqlatent import quantizers
+from vqlatent.data import pipeline as data_pipeline
+from vqlatent.trainers.optim import default_optimizer_config
+
+
+def parse_arg(arg: str | None, variants: tuple[str, ...], default: str, **options: Any) -> tuple[str, dict[str, Any]]:
+  """'mnist,quantizer=vq' -> ('mnist', {'quantizer': 'vq'}); validates both parts.
+
+  The first comma-separated item is the variant; the rest are `key=value`
+  options whose keys and default values are given as `options`.
+  """
+  parts = [p for p in (arg or "").split(",") if p]
+  variant = default
+  if parts and "=" not in parts[0]:
+    variant = parts.pop(0)
+  if variant not in variants:
+    raise ValueError(f"Unknown config variant {variant!r}; choose one of {list(variants)}.")
+  values = dict(options)
+  for part in parts:
+    key, sep, value = part.partition("=")
+    if not sep or key not in options:
+      raise ValueError(f"Bad config option {part!r}: expected key=value with key in {sorted(options)}.")
+    values[key] = type(options[key])(value) if options[key] is not None else value
+  return variant, values
+
+
+def quantizer_config(name: str, num_embeddings: int, embedding_dim: int, **overrides: Any) -> ml_collections.ConfigDict:
+  """A quantizer config holding exactly the fields quantizer `name` accepts."""
+  if name not in quantizers.QUANTIZERS:
+    raise ValueError(f"Unknown quantizer {name!r}; choose one of {sorted(quantizers.QUANTIZERS)}.")
+  defaults = {"vq": dict(commitment_cost=0.25),
+              "vq_ema": dict(commitment_cost=0.25, decay=0.99, epsilon=1e-5)}.get(name, {})
+  cfg = dict(name=name, num_embeddings=num_embeddings, embedding_dim=embedding_dim,
+             chunk_size=ml_collections.config_dict.placeholder(int), **defaults)
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
+  cfg = data_pipeline.default_config()
+  cfg.name = name
+  for key, value in overrides.items():
+    cfg[key] = value
+  return cfg
+
+
+def training_config(config: ml_collections.ConfigDict, *, batch_size: int, num_train_steps: int,
+                    learning_rate: float = 3e-4, eval_every_steps: int = 500,
+                    checkpoint_every_steps: int = 500, log_every_steps: int = 50,
+                    eval_batch_size: int = 256) -> ml_collections.ConfigDict:
+  """The fields the shared training loop reads (same for every model family)."""
+  config.seed = 0
+  config.dtype = "float32"
+  config.batch_size = batch_size
+  config.num_train_steps = num_train_steps
+  config.optimizer = default_optimizer_config(learning_rate)
+  config.log_every_steps = log_every_steps
+  config.eval_every_steps = eval_every_steps
+  config.checkpoint_every_steps = checkpoint_every_steps
+  config.keep_checkpoints = 2
+  config.eval_batch_size = eval_batch_size
+  config.eval_num_examples = ml_collections.config_dict.placeholder(int)
+  config.progress_bar = True
+  config.mesh = ml_collections.ConfigDict(dict(data=-1))
+  return config

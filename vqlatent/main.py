@@ -1,0 +1,67 @@
+r"""The one entry point: train, evaluate, or run a model's extra modes.
+
+  python -m vqlatent.main --config=configs/vqvae.py[:variant] --workdir=DIR \
+      [--mode=train|eval|...] [--config.field=value ...]
+
+Re-running the same command resumes from the newest checkpoint in DIR.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from vqlatent.trainers import loop
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/vqvae.py:mnist.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and images.")
+_MODE = flags.DEFINE_string("mode", "train", "train, eval, or a mode of the model (e.g. extract_codes).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() (multi-host: TPU pods, SLURM).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str):
+  """Dispatches `mode`; returns what the mode returns (final state, metrics, ...)."""
+  if mode == "train":
+    return loop.train_and_evaluate(config, workdir)
+  if mode == "eval":
+    return loop.evaluate_checkpoint(config, workdir)
+  runner = loop.Runner(config, workdir)
+  extra = runner.task.modes()
+  if mode not in extra:
+    raise app.UsageError(f"--mode={mode} is not available for model_name={config.model_name!r}; "
+                         f"choose one of {['train', 'eval', *sorted(extra)]}.")
+  return extra[mode](runner)
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Keeps orbax's and TFDS's per-save INFO chatter out of the console (warnings pass)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/"))
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
+               jax.process_count())
+  run(_CONFIG.value, os.path.abspath(_WORKDIR.value), _MODE.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,139 @@
+"""Building blocks shared by the VQ-VAE, VQ-VAE-2 and InfoGAN networks.
+
+`SubpixelConvTranspose` is the one non-obvious piece: it computes exactly the
+function of `flax.linen.ConvTranspose(features, kernel, strides, padding='SAME')`
+(same parameters, same values, same gradients) but as one stride-1 convolution
+to `s*s*features` channels followed by depth-to-space ("sub-pixel" convolution,
+Shi et al. 2016). XLA:CPU computes the kernel gradient of a strided transposed
+convolution very slowly (measured: 5.9 s against 67 ms in PyTorch for one
+128->64 layer); the sub-pixel form avoids that path entirely.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def depth_to_space(x: jax.Array, block: tuple[int, int]) -> jax.Array:
+  """(B, H, W, sh*sw*C) -> (B, H*sh, W*sw, C); channel index = (rh*sw + rw)*C + c."""
+  b, h, w, ch = x.shape
+  sh, sw = block
+  c = ch // (sh * sw)
+  x = x.reshape(b, h, w, sh, sw, c)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * sh, w * sw, c)
+
+
+def _same_transpose_padding(kernel: int, stride: int) -> int:
+  """Low-side padding that `lax.conv_transpose(..., padding='SAME')` applies."""
+  pad_len = kernel + stride - 2
+  return kernel - 1 if stride > kernel - 1 else int(np.ceil(pad_len / 2))
+
+
+def _phase_taps(kernel: int, stride: int) -> tuple[np.ndarray, int, int]:
+  """Where each kernel tap goes in the stride-1 sub-pixel kernel (one axis).
+
+  A transposed convolution (no kernel flip, as in flax) with 'SAME' padding
+  computes y[s*i + r] = sum_t x[i + d] w[t] over the taps t with
+  s*d = t - pad_lo + r. Output phase r is therefore an ordinary correlation of x
+  with the taps of phase r placed at offsets d. Returns `table` of shape
+  (stride, width) holding the tap index t (or -1) for phase r and offset
+  d = d_min + column, together with d_min and d_max.
+  """
+  pad_lo = _same_transpose_padding(kernel, stride)
+  offsets = {}
+  for r in range(stride):
+    for t in range(kernel):
+      if (t - pad_lo + r) % stride == 0:
+        offsets[(r, t)] = (t - pad_lo + r) // stride
+  d_min = min(offsets.values())
+  d_max = max(offsets.values())
+  table = -np.ones((stride, d_max - d_min + 1), dtype=np.int64)
+  for (r, t), d in offsets.items():
+    table[r, d - d_min] = t
+  return table, d_min, d_max
+
+
+def subpixel_kernel(kernel: jax.Array, strides: tuple[int, int]) -> tuple[jax.Array, list[tuple[int, int]]]:
+  """Rearranges a ConvTranspose kernel (kh, kw, Cin, Cout) for the sub-pixel form.
+
+  Returns the stride-1 kernel (mh, mw, Cin, sh*sw*Cout) and the input padding.
+  """
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw) = strides
+  table_h, dmin_h, dmax_h = _phase_taps(kh, sh)
+  table_w, dmin_w, dmax_w = _phase_taps(kw, sw)
+  # Append one zero tap so that index -1 (no tap) gathers zeros.
+  padded = jnp.concatenate([kernel, jnp.zeros((1, kw, cin, cout), kernel.dtype)], axis=0)
+  padded = jnp.concatenate([padded, jnp.zeros((kh + 1, 1, cin, cout), kernel.dtype)], axis=1)
+  th = np.where(table_h < 0, kh, table_h)  # (sh, mh)
+  tw = np.where(table_w < 0, kw, table_w)  # (sw, mw)
+  # gathered[rh, a, rw, b] = kernel[th[rh, a], tw[rw, b]]
+  gathered = padded[th[:, :, None, None], tw[None, None, :, :]]  # (sh, mh, sw, mw, Cin, Cout)
+  gathered = gathered.transpose(1, 3, 4, 0, 2, 5)  # (mh, mw, Cin, sh, sw, Cout)
+  mh, mw = gathered.shape[:2]
+  stride1 = gathered.reshape(mh, mw, cin, sh * sw * cout)
+  padding = [(-dmin_h, dmax_h), (-dmin_w, dmax_w)]
+  return stride1, padding
+
+
+class SubpixelConvTranspose(nn.Module):
+  """`nn.ConvTranspose(padding='SAME')` computed as stride-1 conv + depth-to-space.
+
+  Parameters are named and shaped exactly as in `nn.ConvTranspose`
+  (`kernel` (kh, kw, Cin, Cout), `bias` (Cout,)), so checkpoints and the
+  equivalence test can swap one for the other.
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Sequence[int]
+  use_bias: bool = True
+  dtype: jnp.dtype | None = None
+  param_dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kh, kw = self.kernel_size
+    sh, sw = self.strides
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features), self.param_dtype)
+    bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    stride1, padding = subpixel_kernel(kernel, (sh, sw))
+    y = jax.lax.conv_general_dilated(
+        x, stride1, window_strides=(1, 1), padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = depth_to_space(y, (sh, sw))
+    if bias is not None:
+      y = y + bias
+    return y
+
+
+class ResidualStack(nn.Module):
+  """Residual blocks of the VQ-VAE paper (section 4.1): ReLU, 3x3 conv, ReLU, 1x1 conv, add.
+
+  As in the paper and the Sonnet example, a final ReLU follows the stack.
+  """
+  num_hiddens: int
+  num_residual_layers: int
+  num_residual_hiddens: int
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, h: jax.Array) -> jax.Array:
+    for i in range(self.num_residual_layers):
+      r = nn.relu(h)
+      r = nn.Conv(self.num_residual_hiddens, (3, 3), padding="SAME", dtype=self.dtype,
+                  name=f"res3x3_{i}")(r)
+      r = nn.relu(r)
+      r = nn.Conv(self.num_hiddens, (1, 1), dtype=self.dtype, name=f"res1x1_{i}")(r)
+      h = h + r
+    return nn.relu(h)

@@ -1,0 +1,103 @@
+"""Vector quantisers: pure functions in `core`, linen modules, and a registry.
+
+Build a quantiser from a config::
+
+  cfg = ml_collections.ConfigDict(
+      dict(name='vq_ema', num_embeddings=512, embedding_dim=64))
+  quantizer = make_quantizer(cfg)
+
+New quantisers (residual VQ, product VQ, FSQ, ...) register themselves with
+`register_quantizer`; their dataclass fields become the accepted config keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import flax.linen as nn
+
+from vqlatent.quantizers import core
+from vqlatent.quantizers.vector_quantizer import EMA_COLLECTION
+from vqlatent.quantizers.vector_quantizer import uniform_codebook_init
+from vqlatent.quantizers.vector_quantizer import VectorQuantizer
+from vqlatent.quantizers.vector_quantizer import VectorQuantizerEMA
+
+QUANTIZERS: dict[str, type[nn.Module]] = {
+    'vq': VectorQuantizer,
+    'vq_ema': VectorQuantizerEMA,
+}
+
+# Dataclass fields every linen Module has; not quantiser configuration.
+_LINEN_FIELDS = frozenset({'parent', 'name'})
+
+
+def register_quantizer(name: str, module_class: type[nn.Module]) -> None:
+  """Adds ``module_class`` to `QUANTIZERS` under ``name`` (must be new)."""
+  if name in QUANTIZERS:
+    raise ValueError(f'quantizer {name!r} is already registered '
+                     f'({QUANTIZERS[name].__name__}).')
+  QUANTIZERS[name] = module_class
+
+
+def config_fields(module_class: type[nn.Module]) -> list[str]:
+  """The config keys a quantiser accepts (its fields minus parent/name)."""
+  return [
+      field.name for field in dataclasses.fields(module_class)
+      if field.init and field.name not in _LINEN_FIELDS
+  ]
+
+
+def make_quantizer(cfg: Any, *, module_name: Optional[str] = None) -> nn.Module:
+  """Builds the quantiser named ``cfg.name`` with the remaining keys as fields.
+
+  Args:
+    cfg: an ``ml_collections.ConfigDict`` (or any mapping) with ``name`` (a key
+      of `QUANTIZERS`) and the module's fields, e.g. ``num_embeddings``,
+      ``embedding_dim``, ``commitment_cost``. Unknown keys are an error (a
+      typo would otherwise silently fall back to a default).
+    module_name: optional Flax module name (the ``name`` linen field, which
+      ``cfg.name`` cannot set because it selects the quantiser).
+
+  Returns:
+    An unbound linen module.
+
+  Raises:
+    ValueError: unknown quantiser name, missing ``name``, unknown config keys,
+      or invalid field values.
+  """
+  if hasattr(cfg, 'to_dict'):
+    cfg = cfg.to_dict()
+  if not isinstance(cfg, Mapping):
+    raise ValueError(f'quantizer config must be a ConfigDict or mapping, got '
+                     f'{type(cfg).__name__}.')
+  fields = dict(cfg)
+  if 'name' not in fields:
+    raise ValueError(f'quantizer config needs a `name`, one of '
+                     f'{sorted(QUANTIZERS)}; got keys {sorted(fields)}.')
+  quantizer_name = fields.pop('name')
+  if quantizer_name not in QUANTIZERS:
+    raise ValueError(f'unknown quantizer name {quantizer_name!r}; valid names: '
+                     f'{sorted(QUANTIZERS)}.')
+  module_class = QUANTIZERS[quantizer_name]
+  accepted = config_fields(module_class)
+  unknown = sorted(set(fields) - set(accepted))
+  if unknown:
+    raise ValueError(
+        f'unknown config keys {unknown} for quantizer {quantizer_name!r} '
+        f'({module_class.__name__}); accepted keys: {accepted}.')
+  return module_class(**fields, name=module_name)
+
+
+__all__ = [
+    'EMA_COLLECTION',
+    'QUANTIZERS',
+    'VectorQuantizer',
+    'VectorQuantizerEMA',
+    'config_fields',
+    'core',
+    'make_quantizer',
+    'register_quantizer',
+    'uniform_codebook_init',
+]

@@ -1,0 +1,92 @@
+"""What a model family provides to the shared training loop.
+
+A `Task` owns the model, the optimizer and the loss; the loop (`loop.py`) owns
+everything else: devices and sharding, data, checkpoints and exact resume,
+logging, evaluation cadence, images. Adding a model family is adding one module
+`vqlatent/trainers/<model_name>.py` that defines `Task`; the config's
+`model_name` selects it (no switch statement to edit).
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from typing import Any, Mapping
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree (checkpointed by orbax).
+
+  `model_state` holds the non-parameter variable collections (e.g. the EMA
+  codebook statistics `vq_ema`, BatchNorm `batch_stats`); `rng` is raw key data
+  (uint32) folded with the step for per-step randomness.
+  """
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  model_state: Any
+  rng: jax.Array
+
+
+GRID_COLUMNS = 8  # Columns of the PNG grids written at each evaluation.
+
+
+class Task(abc.ABC):
+  """A model family: init, one train step, evaluation sums and their summary."""
+
+  def __init__(self, config: ml_collections.ConfigDict, spec: Any):
+    self.config = config
+    self.spec = spec
+
+  def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """A batch of the dataset's shapes, for initialisation and `eval_shape`."""
+    return {"image": np.zeros((batch_size, *self.spec.image_shape), np.float32),
+            "label": np.zeros((batch_size,), np.int32)}
+
+  @abc.abstractmethod
+  def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> TrainState:
+    """Initial TrainState; jitted by the loop with replicated outputs."""
+
+  @abc.abstractmethod
+  def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop."""
+
+  @abc.abstractmethod
+  def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
+    """Sums over one (padded, masked) eval batch; the loop adds them over batches."""
+
+  @abc.abstractmethod
+  def eval_summary(self, totals: Any) -> dict[str, Any]:
+    """Host-side: accumulated sums (numpy) -> metrics dict (JSON-able)."""
+
+  def eval_images(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+    """Named image stacks (N, H, W, C) in [0, 1]; each is written as a PNG grid of
+    `GRID_COLUMNS` columns at each evaluation."""
+    del state, batch
+    return {}
+
+  def modes(self) -> dict[str, Any]:
+    """Extra `--mode=` values this task supports: name -> fn(config, workdir)."""
+    return {}
+
+
+def make_task(config: ml_collections.ConfigDict, spec: Any) -> Task:
+  """Looks the task up by `config.model_name` (module `vqlatent.trainers.<name>`)."""
+  name = config.model_name
+  try:
+    module = importlib.import_module(f"vqlatent.trainers.{name}")
+  except ModuleNotFoundError as e:
+    if e.name != f"vqlatent.trainers.{name}":
+      raise
+    import pkgutil  # pylint: disable=g-import-not-at-top
+    import vqlatent.trainers as trainers_pkg  # pylint: disable=g-import-not-at-top
+    known = sorted(m.name for m in pkgutil.iter_modules(trainers_pkg.__path__)
+                   if m.name not in ("base", "loop", "optim"))
+    raise ValueError(f"Unknown config.model_name={name!r}; known: {known}.") from None
+  return module.Task(config, spec)

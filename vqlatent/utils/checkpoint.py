@@ -1,0 +1,125 @@
+"""Checkpoints in the workdir: orbax for the state, JSON for the data position,
+and a guard against resuming (or overwriting) a different model.
+
+Layout of a workdir:
+  config.json              the full config of the run that created the workdir
+  checkpoints/<step>/      orbax: `state` (TrainState) and `data_iterator` (grain state)
+  tensorboard/             event files
+  eval/                    metrics JSON per evaluation, `latest.json`
+  images/                  PNG grids
+
+orbax writes each checkpoint into a temporary directory and renames it when
+complete (`commit_success.txt`), so a run killed mid-save leaves the previous
+checkpoint intact and the half-written one is ignored and cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config fields that define *what* is trained. A workdir holding a checkpoint
+# of another value for any of these is refused rather than silently overwritten.
+MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "data.name", "data.image_size",
+                         "dtype")
+
+
+class WorkdirMismatchError(ValueError):
+  """The workdir holds a run of a different model configuration."""
+
+
+def _get(config: dict, dotted: str) -> Any:
+  node = config
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return "<absent>"
+    node = node[part]
+  return node
+
+
+def _flatten(prefix: str, value: Any) -> dict[str, Any]:
+  if isinstance(value, dict):
+    out = {}
+    for k, v in value.items():
+      out.update(_flatten(f"{prefix}.{k}", v))
+    return out
+  return {prefix: value}
+
+
+def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
+  """A JSON round-trippable dict of the config (tuples become lists)."""
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write: bool = True) -> None:
+  """Refuses a workdir created by a different model; records the config otherwise."""
+  path = os.path.join(workdir, "config.json")
+  current = config_to_json_dict(config)
+  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    diffs = []
+    for field in MODEL_DEFINING_FIELDS:
+      a = _flatten(field, _get(saved, field))
+      b = _flatten(field, _get(current, field))
+      for key in sorted(set(a) | set(b)):
+        if a.get(key, "<absent>") != b.get(key, "<absent>"):
+          diffs.append(f"  {key}: workdir has {a.get(key, '<absent>')!r}, config has {b.get(key, '<absent>')!r}")
+    if diffs and has_checkpoints:
+      raise WorkdirMismatchError(
+          f"Workdir {workdir} holds checkpoints of a different model configuration:\n"
+          + "\n".join(diffs)
+          + "\nUse a new --workdir, or delete this one if you mean to discard it.")
+  elif has_checkpoints:
+    raise WorkdirMismatchError(
+        f"Workdir {workdir} holds checkpoints but no config.json, so it cannot be checked to be "
+        f"the same model; use a new --workdir.")
+  if write and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(current, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+class Checkpointer:
+  """Saves and restores (TrainState, data-iterator state) pairs with orbax."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 2, async_save: bool = True):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=async_save))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_state: dict | None, force: bool = False) -> bool:
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_state is not None:
+      args["data_iterator"] = ocp.args.JsonSave(data_state)
+    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+  def restore(self, step: int, abstract_state: Any, with_data: bool = True) -> tuple[Any, dict | None]:
+    """Restores into the structure, shapes, dtypes and shardings of `abstract_state`."""
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    item_names = os.listdir(os.path.join(self.directory, str(step)))
+    if with_data and "data_iterator" in item_names:
+      args["data_iterator"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"], restored.get("data_iterator") if "data_iterator" in args else None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
