@@ -1,6 +1,20 @@
 r"""VQ-VAE (van den Oord et al. 2017) configs.
 
-Variants (`--config=configs/vqvae.py:VARIANT[,quantizer=vq|vq_ema]`):
+Variants (`--config=configs/vqvae.py:VARIANT[,quantizer=NAME]`):
+
+NAME is a preset of `vqlatent.configs.QUANTIZER_PRESETS` (default vq_ema):
+  vq              codebook learned by the codebook loss of eq. (3)
+  vq_ema          EMA codebook (appendix A.1), exactly Sonnet/Haiku
+  vq_ema_restart  + dead-code restarts (EMA usage < 1 input per batch)
+  vq_ema_kmeans   + k-means initialisation on the first batch, + restarts
+  cosine          l2-normalised codes (ViT-VQGAN)
+  factorized      8-dim l2-normalised factorised codes (ViT-VQGAN)
+  rotation_trick  vq_ema with the rotation-trick gradient (Fifty et al. 2024)
+  residual_vq     4 residual stages of K codes (k-means init, restarts)
+  product_vq      4 groups of D/4 channels, K codes each (k-means, restarts)
+  fsq             finite scalar quantisation, levels for K (8,8,8 for 512)
+Any field can then be overridden, e.g. `--config.quantizer.num_embeddings=256`
+(residual VQ: codes per stage), `--config.quantizer.chunk_size=4096`.
 
 digits (default) — the embedded scikit-learn digits (8x8, 1497 train / 300 test),
   8x8 -> 4x4 codes, K=64, D=16. Offline, no preparation:
@@ -44,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "digits":
     config.data = cfg_lib.data_config("sklearn_digits")
     model.update(num_hiddens=64, num_downsamples=1, embedding_dim=16)
-    num_codes, batch_size, steps, eval_every = 64, 64, 1000, 250
+    num_codes, batch_size, steps, eval_every = 64, 64, 3000, 500
   elif variant in ("mnist", "mnist_tfds"):
     config.data = cfg_lib.data_config("mnist_idx" if variant == "mnist" else "mnist")
     num_codes, batch_size, steps, eval_every = 512, 128, 2000, 250

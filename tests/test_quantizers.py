@@ -571,7 +571,7 @@ def test_make_quantizer():
 
 
 def test_make_quantizer_rejects_unknown_name_and_keys():
-  with pytest.raises(ValueError, match=r"'fsq_typo'.*\['vq', 'vq_ema'\]"):
+  with pytest.raises(ValueError, match=r"'fsq_typo'.*\['fsq', 'product_vq', 'residual_vq', 'vq', 'vq_ema'\]"):
     quantizers.make_quantizer(
         ml_collections.ConfigDict(dict(name='fsq_typo', num_embeddings=4)))
   with pytest.raises(ValueError, match=r"\['decay'\]"):

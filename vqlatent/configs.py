@@ -38,14 +38,56 @@ def parse_arg(arg: str | None, variants: tuple[str, ...], default: str, **option
   return variant, values
 
 
+# Quantizer presets selectable as `configs/<model>.py:variant,quantizer=NAME`:
+# NAME -> (registry name in `vqlatent.quantizers.QUANTIZERS`, field defaults).
+# `num_embeddings` is the codebook size per codebook (per stage for residual
+# VQ, per group for product VQ); FSQ turns it into levels (Mentzer et al.,
+# table 1). The plain names keep exactly their original fields so that
+# workdirs made before the variants existed still match their config.
+_EMA = dict(commitment_cost=0.25, decay=0.99, epsilon=1e-5)
+QUANTIZER_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vq": ("vq", dict(commitment_cost=0.25)),
+    "vq_ema": ("vq_ema", dict(_EMA)),
+    # Dead codes (fewer than 1 input per batch, EMA) re-drawn from the batch.
+    "vq_ema_restart": ("vq_ema", dict(_EMA, dead_code_threshold=1.0)),
+    # k-means (10 Lloyd steps) on the first batch, plus the restarts.
+    "vq_ema_kmeans": ("vq_ema", dict(_EMA, kmeans_init=True, kmeans_iterations=10,
+                                     dead_code_threshold=1.0)),
+    # l2-normalised (cosine) codes (ViT-VQGAN).
+    "cosine": ("vq_ema", dict(_EMA, l2_normalize=True)),
+    # Factorised 8-dim cosine codes (ViT-VQGAN, section 3.2).
+    "factorized": ("vq_ema", dict(_EMA, l2_normalize=True, codebook_dim=8)),
+    # Plain EMA VQ with the rotation-trick gradient (Fifty et al. 2024).
+    "rotation_trick": ("vq_ema", dict(_EMA, gradient_estimator="rotation_trick")),
+    # 4 residual stages, each its own EMA codebook with restarts.
+    "residual_vq": ("residual_vq", dict(_EMA, num_stages=4, shared_codebook=False,
+                                        dead_code_threshold=1.0, kmeans_init=True)),
+    # 4 groups of D/4 channels, one EMA codebook each, with restarts.
+    "product_vq": ("product_vq", dict(_EMA, num_groups=4, dead_code_threshold=1.0,
+                                      kmeans_init=True)),
+    "fsq": ("fsq", {}),
+}
+
+
 def quantizer_config(name: str, num_embeddings: int, embedding_dim: int, **overrides: Any) -> ml_collections.ConfigDict:
-  """A quantizer config holding exactly the fields quantizer `name` accepts."""
-  if name not in quantizers.QUANTIZERS:
-    raise ValueError(f"Unknown quantizer {name!r}; choose one of {sorted(quantizers.QUANTIZERS)}.")
-  defaults = {"vq": dict(commitment_cost=0.25),
-              "vq_ema": dict(commitment_cost=0.25, decay=0.99, epsilon=1e-5)}.get(name, {})
-  cfg = dict(name=name, num_embeddings=num_embeddings, embedding_dim=embedding_dim,
-             chunk_size=ml_collections.config_dict.placeholder(int), **defaults)
+  """A quantizer config holding exactly the fields preset `name` sets.
+
+  `name` is a key of `QUANTIZER_PRESETS` (which includes every registry name
+  of `vqlatent.quantizers.QUANTIZERS` that has a preset); `cfg.name` becomes
+  the registry name. Codebook quantizers get a `chunk_size` placeholder
+  (None: unchunked nearest-code search).
+  """
+  if name not in QUANTIZER_PRESETS:
+    raise ValueError(f"Unknown quantizer {name!r}; choose one of {sorted(QUANTIZER_PRESETS)}.")
+  registry_name, defaults = QUANTIZER_PRESETS[name]
+  module_fields = quantizers.config_fields(quantizers.QUANTIZERS[registry_name])
+  cfg = dict(name=registry_name, embedding_dim=embedding_dim, **defaults)
+  if registry_name == "fsq":
+    cfg["levels"] = overrides.pop("levels", None) or quantizers.fsq.levels_for_codebook_size(num_embeddings)
+  else:
+    cfg["num_embeddings"] = num_embeddings
+  if "chunk_size" in module_fields:
+    cfg["chunk_size"] = ml_collections.config_dict.placeholder(int)
   cfg.update(overrides)
   return ml_collections.ConfigDict(cfg)
 
@@ -75,5 +117,5 @@ def training_config(config: ml_collections.ConfigDict, *, batch_size: int, num_t
   config.eval_batch_size = eval_batch_size
   config.eval_num_examples = ml_collections.config_dict.placeholder(int)
   config.progress_bar = True
-  config.mesh = ml_collections.ConfigDict(dict(data=-1))
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   return config

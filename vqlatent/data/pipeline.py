@@ -345,8 +345,28 @@ def _layout(data_cfg: Any, builder: tfds.core.DatasetBuilder) -> _Layout:
   return _Layout(spec, image_key, label_key, target_hw)
 
 
+CODES_DATASET = 'codes'
+
+
+def _is_codes_dataset(data_cfg: Any) -> bool:
+  """A dataset of extracted VQ codes (`vqlatent.codes`) rather than a TFDS one.
+
+  The priors train on those; `vqlatent.priors.data` reads them with the same
+  API as this module.
+  """
+  return _cfg(data_cfg, 'name') == CODES_DATASET
+
+
+def _codes_data():
+  # Imported lazily: vqlatent.codes imports vqlatent.data.
+  from vqlatent.priors import data as codes_data  # pylint: disable=g-import-not-at-top
+  return codes_data
+
+
 def get_spec(data_cfg: Any) -> DatasetSpec:
   """Returns the `DatasetSpec` of `data_cfg` (preparing project builders)."""
+  if _is_codes_dataset(data_cfg):
+    return _codes_data().get_spec(data_cfg)
   return _layout(data_cfg, get_builder(data_cfg)).spec
 
 
@@ -482,6 +502,10 @@ def make_train_iterator(
     A `grain.DatasetIterator` of {'image': float32 (B, H, W, C) in [0, 1],
     'label': int32 (B,)}.
   """
+  if _is_codes_dataset(data_cfg):
+    return _codes_data().make_train_iterator(
+        data_cfg, global_batch_size=global_batch_size, seed=seed, process_index=process_index,
+        process_count=process_count)
   local_bs = _local_batch_size(global_batch_size, process_index, process_count)
   builder = get_builder(data_cfg)
   layout = _layout(data_cfg, builder)
@@ -580,6 +604,10 @@ def make_eval_batches(
     An `EvalBatches` iterable of {'image': float32 (B, H, W, C), 'label':
     int32 (B,), 'mask': float32 (B,)}; it can be iterated multiple times.
   """
+  if _is_codes_dataset(data_cfg):
+    return _codes_data().make_eval_batches(
+        data_cfg, global_batch_size=global_batch_size, num_examples=num_examples,
+        process_index=process_index, process_count=process_count)
   local_bs = _local_batch_size(global_batch_size, process_index, process_count)
   builder = get_builder(data_cfg)
   layout = _layout(data_cfg, builder)

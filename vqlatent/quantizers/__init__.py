@@ -1,4 +1,24 @@
-"""Vector quantisers: pure functions in `core`, linen modules, and a registry.
+"""Vector quantisers: pure functions, linen modules, and a registry.
+
+Pure functions (no Flax): `core` (distances, chunked nearest code,
+straight-through, losses, perplexity, EMA update), `estimators`
+(straight-through and the rotation trick), `codebook_ops` (k-means, dead-code
+restarts, cosine normalisation, usage counts), `fsq` (finite scalar
+quantisation). Linen modules, all with the same call signature
+``module(inputs, train=..., mask=None)`` and the same output keys
+(`COMMON_OUTPUT_KEYS`), a ``lookup(indices)`` that inverts
+``encoding_indices``, and the properties ``num_codebooks`` /
+``codebook_size``:
+
+  ==========  =====================  ===========================================
+  name        module                 encoding_indices
+  ==========  =====================  ===========================================
+  vq          VectorQuantizer        ``inputs.shape[:-1]``, in [0, K)
+  vq_ema      VectorQuantizerEMA     ``inputs.shape[:-1]``, in [0, K)
+  residual_vq ResidualVQ             ``inputs.shape[:-1] + (stages,)``
+  product_vq  ProductVQ              ``inputs.shape[:-1] + (groups,)``
+  fsq         FSQ                    ``inputs.shape[:-1]``, in [0, prod(levels))
+  ==========  =====================  ===========================================
 
 Build a quantiser from a config::
 
@@ -6,8 +26,8 @@ Build a quantiser from a config::
       dict(name='vq_ema', num_embeddings=512, embedding_dim=64))
   quantizer = make_quantizer(cfg)
 
-New quantisers (residual VQ, product VQ, FSQ, ...) register themselves with
-`register_quantizer`; their dataclass fields become the accepted config keys.
+New quantisers register themselves with `register_quantizer`; their dataclass
+fields become the accepted config keys.
 """
 
 from __future__ import annotations
@@ -18,16 +38,35 @@ from typing import Any, Optional
 
 import flax.linen as nn
 
+from vqlatent.quantizers import codebook_ops
 from vqlatent.quantizers import core
-from vqlatent.quantizers.vector_quantizer import EMA_COLLECTION
-from vqlatent.quantizers.vector_quantizer import uniform_codebook_init
+from vqlatent.quantizers import diagnostics
+from vqlatent.quantizers import estimators
+from vqlatent.quantizers import fsq
+from vqlatent.quantizers.codebook_ops import code_counts_per_codebook
+from vqlatent.quantizers.ema_codebook import EMA_COLLECTION
+from vqlatent.quantizers.ema_codebook import QUANTIZER_RNG
+from vqlatent.quantizers.ema_codebook import uniform_codebook_init
+from vqlatent.quantizers.estimators import rotation_trick
+from vqlatent.quantizers.fsq import FSQ
+from vqlatent.quantizers.product import ProductVQ
+from vqlatent.quantizers.residual import ResidualVQ
 from vqlatent.quantizers.vector_quantizer import VectorQuantizer
 from vqlatent.quantizers.vector_quantizer import VectorQuantizerEMA
 
 QUANTIZERS: dict[str, type[nn.Module]] = {
     'vq': VectorQuantizer,
     'vq_ema': VectorQuantizerEMA,
+    'residual_vq': ResidualVQ,
+    'product_vq': ProductVQ,
+    'fsq': FSQ,
 }
+
+# Keys in the output dict of every quantiser. Single-codebook VQ adds
+# Sonnet's `encodings` (and `distances` when unchunked); EMA quantisers with
+# restarts add `dead_codes`.
+COMMON_OUTPUT_KEYS = ('quantize', 'loss', 'perplexity', 'encoding_indices',
+                      'e_latent_loss', 'q_latent_loss')
 
 # Dataclass fields every linen Module has; not quantiser configuration.
 _LINEN_FIELDS = frozenset({'parent', 'name'})
@@ -91,13 +130,24 @@ def make_quantizer(cfg: Any, *, module_name: Optional[str] = None) -> nn.Module:
 
 
 __all__ = [
+    'COMMON_OUTPUT_KEYS',
     'EMA_COLLECTION',
+    'FSQ',
+    'ProductVQ',
     'QUANTIZERS',
+    'QUANTIZER_RNG',
+    'ResidualVQ',
     'VectorQuantizer',
     'VectorQuantizerEMA',
+    'code_counts_per_codebook',
+    'codebook_ops',
     'config_fields',
     'core',
+    'diagnostics',
+    'estimators',
+    'fsq',
     'make_quantizer',
     'register_quantizer',
+    'rotation_trick',
     'uniform_codebook_init',
 ]

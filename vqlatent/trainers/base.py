@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -32,6 +33,16 @@ class TrainState:
   opt_state: Any
   model_state: Any
   rng: jax.Array
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+  """`config.dtype` -> the activations' dtype (parameters stay float32)."""
+  if name not in DTYPES:
+    raise ValueError(f"Unknown config.dtype={name!r}; choose one of {sorted(DTYPES)}.")
+  return DTYPES[name]
 
 
 GRID_COLUMNS = 8  # Columns of the PNG grids written at each evaluation.

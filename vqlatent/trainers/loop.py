@@ -1,30 +1,40 @@
 """The training loop, written once for every model family.
 
 `train_and_evaluate(config, workdir)`:
-  * builds the mesh (a `data` axis over all devices of all processes), the task
-    and the data iterator (each process reads its own shard);
+  * builds the mesh from `config.mesh` (a `data` axis over all devices of all
+    processes, optionally an `fsdp` axis that shards the train state, see
+    `parallel/mesh.py`), the task and the data iterator (each process reads
+    only its own shard of the data);
   * resumes automatically and exactly from the newest checkpoint in the workdir
     (params, optimizer, model state such as EMA codebooks, step, RNG, and the
     data-iterator position), refusing a workdir made by another model;
   * runs the task's `train_step` under one `jax.jit` with the batch sharded over
-    `data`, the state replicated and donated;
+    the whole mesh, the state replicated (or fsdp-sharded) and donated;
   * fetches metrics only every `log_every_steps` (no host sync in between),
     writes them to TensorBoard, and shows a progress bar with steps/s and ETA;
   * evaluates every `eval_every_steps` (metrics JSON + PNG grids) and checkpoints
     every `checkpoint_every_steps` (keeping `keep_checkpoints`);
-  * on SIGTERM finishes the current step, saves, and returns; a non-finite loss
-    stops the run before anything non-finite is saved.
+  * on preemption (SIGTERM to any process) finishes the current step, saves it
+    on every process, waits for the checkpoint to be committed and returns; an
+    evaluation skipped that way runs when the run resumes;
+  * stops with `NonFiniteLossError` at a non-finite loss, and checks the state
+    for non-finite values before every save: a checkpoint never holds NaN.
+
+With several processes (`jax.distributed`) every process runs this same loop
+over the same steps; only process 0 writes logs, JSON and images, and orbax
+writes each checkpoint collectively (the workdir must be on a filesystem that
+every host sees).
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -32,6 +42,7 @@ import tqdm
 
 from vqlatent import data as data_lib
 from vqlatent.evaluation import images as image_lib
+from vqlatent.parallel import distributed
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers.base import GRID_COLUMNS, Task, TrainState, make_task
 from vqlatent.utils import checkpoint as ckpt_lib
@@ -39,50 +50,46 @@ from vqlatent.utils.writer import MetricWriter
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss became NaN or inf; nothing after the last good checkpoint was saved."""
+  """The loss or the train state became NaN or inf; nothing non-finite was saved."""
 
 
-class _SigtermFlag:
-  """Turns SIGTERM into a flag the loop checks between steps (preemption)."""
-
-  def __init__(self):
-    self.received = False
-    self._previous = None
-
-  def __enter__(self):
-    try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # Not the main thread (e.g. inside some test runners).
-      self._previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+def tree_all_finite(tree: Any) -> jax.Array:
+  """True iff every floating-point leaf of `tree` is finite (one reduction per leaf)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class Runner:
-  """The pieces shared by training, evaluation and the tasks' extra modes."""
+  """The pieces shared by training, evaluation and the tasks' extra modes.
+
+  What a task's extra modes may use: `mesh`, `replicated` (the NamedSharding
+  of replicated values), `data_sharded` (of batches), `state_sharding` (of the
+  TrainState: replicated unless `config.mesh.fsdp > 1`; jit anything that takes
+  the state with it), `initial_state()`, `restore_for_eval()`, `evaluate()`.
+  """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str):
     self.config = config
     self.workdir = workdir
     self.spec = data_lib.get_spec(config.data)
     self.task: Task = make_task(config, self.spec)
-    self.mesh = mesh_lib.make_mesh(config.mesh.data)
+    self.mesh = mesh_lib.mesh_from_config(config.mesh)
     mesh_lib.check_batch_size(config.batch_size, self.mesh, "batch_size")
     mesh_lib.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
     self.replicated = mesh_lib.replicated(self.mesh)
     self.data_sharded = mesh_lib.data_sharded(self.mesh)
-    self._init = jax.jit(self.task.init_state, out_shardings=self.replicated)
-    self._eval_step = jax.jit(self.task.eval_step, in_shardings=(self.replicated, self.data_sharded),
+    self._state_shapes = jax.eval_shape(self.task.init_state, jax.random.PRNGKey(0),
+                                        self.task.dummy_batch())
+    self.state_sharding = mesh_lib.state_sharding(self._state_shapes, self.mesh)
+    self._init = jax.jit(self.task.init_state, out_shardings=self.state_sharding)
+    self._eval_step = jax.jit(self.task.eval_step, in_shardings=(self.state_sharding, self.data_sharded),
                               out_shardings=self.replicated)
-    self._eval_images = jax.jit(self.task.eval_images, in_shardings=(self.replicated, self.data_sharded),
+    self._eval_images = jax.jit(self.task.eval_images,
+                                in_shardings=(self.state_sharding, self.data_sharded),
                                 out_shardings=self.replicated)
+    self.all_finite = jax.jit(tree_all_finite, out_shardings=self.replicated)
 
   # -- state -------------------------------------------------------------------
   def initial_state(self) -> TrainState:
@@ -90,8 +97,13 @@ class Runner:
     return self._init(rng, self.task.dummy_batch())
 
   def abstract_state(self) -> TrainState:
-    shapes = jax.eval_shape(self._init, jax.random.PRNGKey(0), self.task.dummy_batch())
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        self._state_shapes, self.state_sharding)
+
+  def train_step_fn(self) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+    """The task's train step under jit: state kept in its sharding and donated."""
+    return jax.jit(self.task.train_step, in_shardings=(self.state_sharding, self.data_sharded),
+                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
 
   def restore(self, checkpointer: ckpt_lib.Checkpointer, step: int | None = None,
               with_data: bool = True) -> tuple[TrainState, dict | None]:
@@ -113,7 +125,7 @@ class Runner:
 
   # -- evaluation ----------------------------------------------------------------
   def evaluate(self, state: TrainState, step: int, writer: MetricWriter) -> dict[str, Any]:
-    """Runs the task's eval over the eval split; writes JSON, TensorBoard and PNGs."""
+    """Runs the task's eval over the eval split; writes JSON, TensorBoard and PNGs (process 0)."""
     start = time.time()
     totals, first = None, None
     batches = data_lib.make_eval_batches(
@@ -141,14 +153,16 @@ class Runner:
         image_lib.save_png(os.path.join(self.workdir, "images", f"{name}_{step:08d}.png"), grid)
         image_lib.save_png(os.path.join(self.workdir, "images", f"{name}.png"), grid)
         writer.image(step, name, grid)
-    logging.info("eval at step %d: %s (written to %s)", step,
-                 {k: v for k, v in metrics.items() if np.isscalar(v)}, path)
+    logging.info("eval at step %d: %s%s", step, {k: v for k, v in metrics.items() if np.isscalar(v)},
+                 f" (written to {path})" if path else "")
     return metrics
 
 
-def _mean_metrics(pending: list[dict[str, jax.Array]]) -> dict[str, float]:
-  fetched = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+def _on_all_processes(value: bool) -> bool:
+  """Process 0's `value` on every process (for decisions that start collectives)."""
+  if jax.process_count() == 1:
+    return value
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -171,61 +185,91 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       train_iter.set_state(data_state)
     logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("%s: %d parameters, %d devices, global batch %d", config.model_name, num_params,
-               runner.mesh.devices.size, config.batch_size)
+  logging.info("%s: %d parameters, %d devices in %d processes (mesh %s), global batch %d",
+               config.model_name, num_params, runner.mesh.devices.size, jax.process_count(),
+               dict(runner.mesh.shape), config.batch_size)
+  train_step = runner.train_step_fn()
 
-  train_step = jax.jit(runner.task.train_step, in_shardings=(runner.replicated, runner.data_sharded),
-                       out_shardings=(runner.replicated, runner.replicated), donate_argnums=(0,))
+  def eval_due(step: int) -> bool:
+    return bool(config.eval_every_steps) and (
+        step % config.eval_every_steps == 0 or step == config.num_train_steps)
 
-  def save(step: int) -> None:
-    checkpointer.save(step, state, train_iter.get_state(), force=True)
-
-  pending: list[dict[str, jax.Array]] = []
+  pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_good_step = start_step if start_step > 0 else None
+
+  def last_good_message() -> str:
+    if last_good_step is None:
+      return f"No checkpoint had been saved yet in {checkpointer.directory}."
+    return (f"The last good checkpoint is step {last_good_step} in {checkpointer.directory}; "
+            f"rerunning the command resumes from it (consider a lower optimizer.learning_rate "
+            f"or optimizer.grad_clip_norm > 0).")
 
   def flush_metrics(step: int) -> None:
     """Fetches the metrics of the steps since the last flush (the only host sync)."""
     nonlocal pending
     if not pending:
       return
-    means = _mean_metrics(pending)
+    steps = [s for s, _ in pending]
+    fetched = jax.device_get([m for _, m in pending])
     pending = []
-    bad = [k for k, v in means.items() if not np.isfinite(v)]
-    if bad:
-      checkpointer.wait()
-      raise NonFiniteLossError(
-          f"Non-finite {', '.join(bad)} ({', '.join(f'{k}={means[k]}' for k in bad)}) in the steps "
-          f"up to step {step}; training stopped without saving. The last good checkpoint is "
-          f"step {last_good_step} in {checkpointer.directory}.")
+    for s, values in zip(steps, fetched):
+      bad = {k: float(v) for k, v in values.items() if not np.all(np.isfinite(v))}
+      if bad:
+        checkpointer.wait()  # Let the last good checkpoint finish committing.
+        raise NonFiniteLossError(
+            f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s}: training "
+            f"stopped, nothing after step {last_good_step or 0} was saved. {last_good_message()}")
+    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     writer.scalars(step, means, prefix="train/")
     progress.set_postfix({k: f"{means[k]:.4g}" for k in list(means)[:3]}, refresh=False)
+
+  def save(step: int) -> None:
+    """Checkpoints `state` once its losses and its values are known to be finite."""
+    nonlocal last_good_step
+    flush_metrics(step)
+    # A step whose loss was finite can still produce non-finite parameters
+    # (an inf gradient); one reduction over the state is cheap next to a save.
+    if not bool(runner.all_finite(state)):
+      checkpointer.wait()
+      raise NonFiniteLossError(
+          f"Non-finite values in the train state after step {step} (its losses were finite): "
+          f"training stopped without saving it. {last_good_message()}")
+    checkpointer.save(step, state, train_iter.get_state(), force=True)
+    last_good_step = step
 
   step = start_step
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, desc="train",
                        unit="step", dynamic_ncols=True, mininterval=2.0,
                        disable=jax.process_index() != 0 or not config.progress_bar)
-  with _SigtermFlag() as sigterm:
-    while step < config.num_train_steps:
-      batch = mesh_lib.shard_batch(next(train_iter), runner.mesh)
-      state, metrics = train_step(state, batch)
-      step += 1
-      pending.append(metrics)
-      progress.update(1)
-      is_last = step == config.num_train_steps
-      if step % config.log_every_steps == 0 or is_last:
-        flush_metrics(step)
-      if step % config.checkpoint_every_steps == 0 or is_last or sigterm.received:
-        flush_metrics(step)  # Never save parameters produced by a non-finite step.
-        save(step)
-        last_good_step = step
-      if config.eval_every_steps and (step % config.eval_every_steps == 0 or is_last):
-        runner.evaluate(state, step, writer)
-      if sigterm.received:
-        logging.warning("SIGTERM: saved step %d to %s; exiting.", step, checkpointer.directory)
-        break
-  progress.close()
-  checkpointer.close()
-  writer.close()
+  try:
+    with distributed.PreemptionNotice() as preemption:
+      if start_step > 0 and eval_due(start_step) and not _on_all_processes(
+          os.path.exists(writer.eval_json_path(start_step))):
+        logging.info("Step %d has no evaluation (the run stopped before it): evaluating.", start_step)
+        runner.evaluate(state, start_step, writer)
+      while step < config.num_train_steps:
+        batch = mesh_lib.shard_batch(next(train_iter), runner.mesh)
+        state, metrics = train_step(state, batch)
+        step += 1
+        pending.append((step, metrics))
+        progress.update(1)
+        preempted = preemption.reached(step)  # Every process, every step: the same answer.
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+          flush_metrics(step)
+        if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+          save(step)
+        if preempted:
+          checkpointer.wait()  # Committed before the scheduler's grace period runs out.
+          logging.warning("Preempted: saved step %d to %s; rerun the same command to resume.",
+                          step, checkpointer.directory)
+          break
+        if eval_due(step):
+          runner.evaluate(state, step, writer)
+  finally:
+    progress.close()
+    checkpointer.close()
+    writer.close()
   return state
 
 

@@ -25,7 +25,7 @@ import orbax.checkpoint as ocp
 
 # Config fields that define *what* is trained. A workdir holding a checkpoint
 # of another value for any of these is refused rather than silently overwritten.
-MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "data.name", "data.image_size",
+MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "prior", "data.name", "data.image_size",
                          "dtype")
 
 
@@ -90,7 +90,17 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write:
 
 
 class Checkpointer:
-  """Saves and restores (TrainState, data-iterator state) pairs with orbax."""
+  """Saves and restores (TrainState, data-iterator state) pairs with orbax.
+
+  With several processes every process calls `save` and `restore` with the
+  same step: orbax writes each array's shards from the processes that hold
+  them (a replicated array once, from process 0), then process 0 commits the
+  checkpoint after a barrier. The directory must therefore be on a filesystem
+  every host sees (NFS, Filestore, a gcsfuse mount). The data-iterator state
+  is the number of batches consumed (`{'next_index': n}`), the same on every
+  process, so process 0's copy (`JsonSave` writes only on the primary host)
+  resumes every process's own shard.
+  """
 
   def __init__(self, workdir: str, max_to_keep: int = 2, async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))

@@ -47,14 +47,18 @@ class MetricWriter:
       self._tb.add_image(name, np.asarray(image), global_step=step, dataformats="HWC")
       self._tb.flush()
 
+  def eval_json_path(self, step: int) -> str:
+    """Where the evaluation of `step` is (or will be) written."""
+    return os.path.join(self.workdir, "eval", f"metrics_{step:08d}.json")
+
   def eval_json(self, step: int, metrics: Mapping[str, Any]) -> str | None:
     """Writes eval/metrics_<step>.json and eval/latest.json atomically; returns the path."""
     if not self.active:
       return None
     record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
-    directory = os.path.join(self.workdir, "eval")
+    path = self.eval_json_path(step)
+    directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"metrics_{step:08d}.json")
     for target in (path, os.path.join(directory, "latest.json")):
       with open(target + ".tmp", "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)

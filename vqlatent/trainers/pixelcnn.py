@@ -1,0 +1,227 @@
+"""Training a Gated PixelCNN prior over one level of VQ codes (van den Oord et al. 2016;
+VQ-VAE section 3.3; VQ-VAE-2 section 3.3).
+
+The loss is the negative log-likelihood of eq. (1), averaged over positions,
+
+  L = - 1/(H W) sum_{i,j} log p(x_ij | x_<ij, y, c),
+
+reported in nats (`loss`) and in bits per code (`bits_per_code` = L / ln 2); the
+evaluation reports the same on the held-out codes (the codes dataset's `eval`
+split).
+
+Config (see `configs/pixelcnn.py`):
+  data: a codes dataset (`vqlatent.priors.data.default_config`: name='codes',
+    codes_dir, num_classes).
+  prior.level: the modelled level ('top', 'bottom', ...).
+  prior.conditioning_level: the level above whose codes condition this one
+    (VQ-VAE-2's bottom prior: 'top'), or None.
+  prior.class_conditional: condition on the labels (needs data.num_classes).
+  model: channels, num_layers, kernel_size, cond_channels, attention_layers,
+    num_heads, head_channels (`vqlatent.nets.pixelcnn.GatedPixelCNN`).
+  sample: temperature, num_per_class, seed, lower_priors (for `--mode=sample`).
+
+`--mode=sample` (run with the top prior's config and workdir) draws
+`sample.num_per_class` code hierarchies per class: top codes from this prior,
+then each lower level from the prior trained in `sample.lower_priors`
+('bottom=/path/to/bottom_prior_workdir[,middle=...]'), decodes them with the
+VQ-VAE(-2) checkpoint the codes were extracted from (the codes dataset's
+provenance.json: workdir and step) and writes `<workdir>/images/samples.png`
+(one row per class) and `<workdir>/samples/codes.npz`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from vqlatent import codes as codes_lib
+from vqlatent.codes import layout
+from vqlatent.evaluation import images as image_lib
+from vqlatent.nets.pixelcnn import GatedPixelCNN
+from vqlatent.priors import sampling
+from vqlatent.trainers import base
+from vqlatent.trainers.optim import make_optimizer
+from vqlatent.trainers.vqvae import compute_dtype
+
+
+def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[GatedPixelCNN, str, str | None]:
+  """The prior of `config.prior.level` of the codes dataset described by `spec`."""
+  levels = getattr(spec, "levels", None)
+  if levels is None:
+    raise ValueError("A PixelCNN prior trains on a codes dataset: set config.data to "
+                     "vqlatent.priors.data.default_config(codes_dir) (data.name='codes').")
+  prior = config.prior
+  if prior.level not in levels:
+    raise ValueError(f"config.prior.level={prior.level!r}: the codes dataset has levels {list(levels)}.")
+  level = levels[prior.level]
+  if len(level.shape) != 2:
+    raise ValueError(f"Level {prior.level!r} has code arrays of shape {level.shape}: the PixelCNN prior "
+                     f"models one code per position (shape (h, w)); several codebooks are not supported.")
+  cond_level = prior.conditioning_level
+  cond_num_codes = None
+  if cond_level is not None:
+    if cond_level not in levels or cond_level == prior.level:
+      raise ValueError(f"config.prior.conditioning_level={cond_level!r}: must be another level of "
+                       f"{list(levels)} (the one above {prior.level!r}), or None.")
+    GatedPixelCNN.upsample_factor(level.shape, (1, *levels[cond_level].shape), 1)
+    cond_num_codes = levels[cond_level].num_codes
+  num_classes = None
+  if prior.class_conditional:
+    if not spec.num_classes:
+      raise ValueError("config.prior.class_conditional=True needs config.data.num_classes (e.g. 10).")
+    num_classes = int(spec.num_classes)
+  m = config.model
+  model = GatedPixelCNN(num_codes=level.num_codes, channels=m.channels, num_layers=m.num_layers,
+                        kernel_size=m.kernel_size, num_classes=num_classes, cond_num_codes=cond_num_codes,
+                        cond_channels=m.cond_channels, attention_layers=tuple(m.attention_layers),
+                        num_heads=m.num_heads, head_channels=m.head_channels,
+                        dtype=compute_dtype(config.dtype))
+  return model, prior.level, cond_level
+
+
+class Task(base.Task):
+  """A PixelCNN prior over one level of a codes dataset."""
+
+  def __init__(self, config: ml_collections.ConfigDict, spec: Any):
+    super().__init__(config, spec)
+    self.model, self.level, self.cond_level = build_model(config, spec)
+    self.code_shape = tuple(spec.levels[self.level].shape)
+    self.tx = make_optimizer(config.optimizer, config.num_train_steps)
+
+  def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+    batch = {layout.code_key(n): np.zeros((batch_size, *s.shape), np.int32) for n, s in self.spec.levels.items()}
+    batch["label"] = np.zeros((batch_size,), np.int32)
+    return batch
+
+  def model_inputs(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, Any, Any]:
+    """(codes, labels or None, conditioning codes or None) of a batch."""
+    codes = batch[layout.code_key(self.level)]
+    labels = batch["label"] if self.model.num_classes else None
+    cond = batch[layout.code_key(self.cond_level)] if self.cond_level else None
+    return codes, labels, cond
+
+  def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
+    params_rng, state_rng = jax.random.split(rng)
+    with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/vqvae2.py).
+      params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
+    return base.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params),
+                           model_state={}, rng=state_rng)
+
+  def nll_per_example(self, params, batch: Mapping[str, jax.Array]) -> jax.Array:
+    """(B,) mean over positions of -log p(x_ij | x_<ij, y, c), in nats (eq. 1)."""
+    codes, labels, cond = self.model_inputs(batch)
+    logits = self.model.apply({"params": params}, codes, labels, cond)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), codes)
+    return jnp.mean(nll, axis=(1, 2))
+
+  def loss_fn(self, params, batch):
+    loss = jnp.mean(self.nll_per_example(params, batch))
+    return loss, {"loss": loss, "bits_per_code": loss / np.log(2.0)}
+
+  def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+    grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+    nll = self.nll_per_example(state.params, batch)
+    mask = batch["mask"]
+    return {"nll_sum": jnp.sum(nll * mask), "num_examples": jnp.sum(mask)}
+
+  def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    n = float(totals["num_examples"])
+    nll = float(totals["nll_sum"]) / n
+    return {"nll_per_code": nll, "bits_per_code": nll / float(np.log(2.0)), "num_examples": int(n)}
+
+  def modes(self) -> dict[str, Any]:
+    return {"sample": sample_mode}
+
+  def prior_spec(self, state: base.TrainState) -> dict[str, Any]:
+    """This prior as one entry of `vqlatent.priors.sample_hierarchy`."""
+    return {"level": self.level, "model": self.model, "variables": {"params": state.params},
+            "shape": self.code_shape, "conditioning_level": self.cond_level}
+
+
+def parse_lower_priors(value: str | None) -> dict[str, str]:
+  """'bottom=/a,middle=/b' -> {'bottom': '/a', 'middle': '/b'}."""
+  out = {}
+  for part in [p for p in (value or "").split(",") if p]:
+    level, sep, workdir = part.partition("=")
+    if not sep or not level or not workdir:
+      raise ValueError(f"config.sample.lower_priors: bad entry {part!r}; expected LEVEL=WORKDIR "
+                       f"(e.g. bottom=/tmp/pixelcnn_bottom).")
+    out[level] = workdir
+  return out
+
+
+def _runner_from_workdir(workdir: str, step: int | None = None):
+  """A Runner with the config saved in `workdir`, and its checkpoint (`step`, or the newest)."""
+  from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top  (loop imports the tasks)
+  from vqlatent.utils import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} has no config.json: is it the workdir of a trained model?")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  runner = loop.Runner(config, workdir)
+  if step is None:
+    state, _ = runner.restore_for_eval()
+  else:
+    checkpointer = ckpt_lib.Checkpointer(workdir)
+    state, _ = runner.restore(checkpointer, step, with_data=False)
+    checkpointer.close()
+  return runner, state
+
+
+def sample_mode(runner: Any) -> dict[str, Any]:
+  """`--mode=sample`: class labels -> top codes -> lower codes -> decoder -> PNG grid (rows = classes)."""
+  config, task = runner.config, runner.task
+  if task.cond_level is not None:
+    raise ValueError(f"--mode=sample starts at the top of the hierarchy: run it with the config and "
+                     f"workdir of the unconditioned (top) prior, not of the {task.level!r} prior "
+                     f"(conditioned on {task.cond_level!r}).")
+  options = config.sample
+  state, _ = runner.restore_for_eval()
+  priors = [task.prior_spec(state)]
+  for level, workdir in parse_lower_priors(options.get("lower_priors")).items():
+    lower_runner, lower_state = _runner_from_workdir(workdir)
+    if lower_runner.task.level != level:
+      raise ValueError(f"config.sample.lower_priors: {workdir} holds the prior of level "
+                       f"{lower_runner.task.level!r}, not {level!r}.")
+    priors.append(lower_runner.task.prior_spec(lower_state))
+  provenance = codes_lib.load_provenance(config.data.codes_dir)
+  vq_runner, vq_state = _runner_from_workdir(provenance["checkpoint"]["workdir"],
+                                             int(provenance["checkpoint"]["step"]))
+  code_model = codes_lib.as_code_model(vq_runner.task)
+  missing = sorted(set(code_model.code_levels) - {p["level"] for p in priors})
+  if missing:
+    raise ValueError(f"No prior for level(s) {missing} of {provenance['checkpoint']['workdir']}: add "
+                     f"them as --config.sample.lower_priors=LEVEL=WORKDIR[,LEVEL=WORKDIR].")
+  num_classes = task.model.num_classes or 1
+  per_class = int(options.num_per_class)
+  labels = np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+  codes = sampling.sample_hierarchy(priors, jax.random.PRNGKey(options.seed), len(labels), labels=labels,
+                                    temperature=float(options.temperature))
+  images = np.asarray(jax.device_get(jax.jit(code_model.decode_codes)(vq_state, codes)))
+  images = np.clip(images, 0.0, 1.0)
+  grid = image_lib.make_grid(images, num_cols=per_class, upscale=image_lib.auto_upscale(images.shape[1]))
+  image_path = os.path.join(runner.workdir, "images", "samples.png")
+  codes_path = os.path.join(runner.workdir, "samples", "codes.npz")
+  if jax.process_index() == 0:
+    image_lib.save_png(image_path, grid)
+    os.makedirs(os.path.dirname(codes_path), exist_ok=True)
+    np.savez(codes_path, labels=labels, **{k: np.asarray(v) for k, v in codes.items()})
+    logging.info("Wrote %d samples (%d per class, temperature %g) to %s and their codes to %s.",
+                 len(labels), per_class, float(options.temperature), image_path, codes_path)
+  return {"images": image_path, "codes": codes_path, "labels": labels,
+          "codes_by_level": {k: np.asarray(v) for k, v in codes.items()}, "samples": images}
