@@ -48,6 +48,34 @@ def compute_dtype(name: str):
 GRID_COLUMNS = 8  # Columns of the PNG grids written at each evaluation.
 
 
+def state_from_variables(variables: Mapping[str, Any], tx: Any, rng: jax.Array) -> TrainState:
+  """A step-0 TrainState from `model.init` variables: 'params' are optimized, the rest is state."""
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    model_state=model_state, rng=rng)
+
+
+def apply_for_training(model: Any, params: Any, model_state: Mapping[str, Any], *args: Any,
+                       rngs: Mapping[str, jax.Array] | None = None, **kwargs: Any) -> tuple[Any, Any]:
+  """`model.apply(..., train=True)` with every state collection mutable.
+
+  Returns (outputs, new model state); a model without state collections keeps `{}`.
+  """
+  mutable = list(model_state)
+  outputs = model.apply({"params": params, **model_state}, *args, train=True,
+                        mutable=mutable or False, rngs=rngs, **kwargs)
+  return outputs if mutable else (outputs, model_state)
+
+
+def apply_gradients(state: TrainState, grads: Any, tx: Any, model_state: Any) -> TrainState:
+  """One optimizer update; the step counter advances and the model state is replaced."""
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = jax.tree.map(jnp.add, state.params, updates)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       model_state=model_state)
+
+
 class Task(abc.ABC):
   """A model family: init, one train step, evaluation sums and their summary."""
 

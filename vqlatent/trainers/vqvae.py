@@ -69,22 +69,14 @@ class Task(base.Task):
   def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
     params_rng, state_rng = jax.random.split(rng)
     variables = self.model.init(params_rng, batch["image"], train=False)
-    params = variables["params"]
-    model_state = {k: v for k, v in variables.items() if k != "params"}
-    return base.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=self.tx.init(params), model_state=model_state, rng=state_rng)
+    return base.state_from_variables(variables, self.tx, state_rng)
 
   # -- training ----------------------------------------------------------------
   def loss_fn(self, params, model_state, images, rng=None):
     """Eq. (3); returns (loss, (new model state, metrics)). `rng`: the quantizer's stream."""
-    mutable = list(model_state)
     rngs = {quantizers.QUANTIZER_RNG: rng} if rng is not None else None
-    outputs = self.model.apply({"params": params, **model_state}, images, train=True,
-                               mutable=mutable or False, rngs=rngs)
-    if mutable:
-      outputs, new_model_state = outputs
-    else:
-      new_model_state = model_state
+    outputs, new_model_state = base.apply_for_training(self.model, params, model_state, images,
+                                                       rngs=rngs)
     mse = jnp.mean(jnp.square(outputs["reconstruction"] - images))
     vq = outputs["vq"]
     loss = mse / self.data_variance + vq["loss"]
@@ -104,10 +96,7 @@ class Task(base.Task):
     rng = jax.random.fold_in(state.rng, state.step)  # Depends on (seed, step) only: resumable.
     grads, (model_state, metrics) = jax.grad(self.loss_fn, has_aux=True)(
         state.params, state.model_state, batch["image"], rng)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(jnp.add, state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
+    new_state = base.apply_gradients(state, grads, self.tx, model_state)
     return new_state, metrics
 
   # -- evaluation --------------------------------------------------------------
