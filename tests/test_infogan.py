@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from helpers import load_config
+from helpers import load_config, run_steps
 from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
@@ -252,26 +252,13 @@ def test_detached_q_trains_q_but_not_the_trunk(data_dir):
   assert all(w == 0 for w in task.g_weights.values())
 
 
-def _run_steps(task, mesh, batches, eval_batch):
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
-  step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
-  metrics = []
-  for batch in batches:
-    state, m = step(state, mesh_lib.shard_batch(batch, mesh))
-    metrics.append(m)
-  sums = jax.jit(task.eval_step, in_shardings=(repl, sharded), out_shardings=repl)(
-      state, mesh_lib.shard_batch(eval_batch, mesh))
-  return jax.device_get((state, metrics, sums))
-
-
 def test_sharded_step_equals_single_device_step(data_dir):
   assert jax.device_count() == 8, "conftest.py forces 8 CPU devices"
   config = tiny_infogan_config(data_dir)
   task, batches = _task_and_batches(config, 2)
   eval_batch = next(iter(data_lib.make_eval_batches(config.data, global_batch_size=64)))
-  one = _run_steps(task, mesh_lib.make_mesh(1), batches, eval_batch)
-  eight = _run_steps(task, mesh_lib.make_mesh(8), batches, eval_batch)
+  one = run_steps(task, mesh_lib.make_mesh(1), batches, eval_batch)
+  eight = run_steps(task, mesh_lib.make_mesh(8), batches, eval_batch)
   # BatchNorm statistics over the global batch: the 8-way split computes the same
   # update up to float32 summation order (measured: at most 4e-4 of a leaf's scale;
   # per-device statistics over 2 examples would differ at order 1).

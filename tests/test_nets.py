@@ -4,7 +4,6 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import pytest
 
 from vqlatent.nets.layers import SubpixelConvTranspose

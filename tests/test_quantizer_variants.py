@@ -20,7 +20,6 @@ from helpers import tiny_vqvae_config
 from vqlatent import configs as cfg_lib
 from vqlatent import data as data_lib
 from vqlatent import quantizers
-from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.quantizers import codebook_ops
 from vqlatent.quantizers import core
 from vqlatent.quantizers import diagnostics

@@ -9,11 +9,10 @@ import time
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO_ROOT, tiny_vqvae_config
+from helpers import REPO_ROOT, run_steps, tiny_vqvae_config
 from vqlatent import data as data_lib
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
@@ -124,16 +123,6 @@ def test_sigkill_then_rerun_resumes_bit_exactly(tmp_path, data_dir):
 
 # -- sharding ------------------------------------------------------------------
 
-def _run_steps(task, mesh, batches):
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
-  step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
-  all_metrics = []
-  for batch in batches:
-    state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
-    all_metrics.append(metrics)
-  return jax.device_get(state), jax.device_get(all_metrics)
-
 
 @pytest.mark.parametrize("quantizer", ["vq_ema", "vq"])
 def test_sharded_step_equals_single_device_step(data_dir, quantizer):
@@ -143,8 +132,8 @@ def test_sharded_step_equals_single_device_step(data_dir, quantizer):
   task = make_task(config, spec)
   it = data_lib.make_train_iterator(config.data, global_batch_size=16, seed=0)
   batches = [next(it) for _ in range(3)]
-  one_state, one_metrics = _run_steps(task, mesh_lib.make_mesh(1), batches)
-  eight_state, eight_metrics = _run_steps(task, mesh_lib.make_mesh(8), batches)
+  one_state, one_metrics = run_steps(task, mesh_lib.make_mesh(1), batches)
+  eight_state, eight_metrics = run_steps(task, mesh_lib.make_mesh(8), batches)
   chex.assert_trees_all_close(eight_state, one_state, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(eight_metrics, one_metrics, atol=1e-5, rtol=1e-5)
   if quantizer == "vq_ema":  # The EMA statistics moved, and moved the same way.

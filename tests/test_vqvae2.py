@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_config
+from helpers import load_config, run_steps
 from vqlatent import codes as codes_lib
 from vqlatent import configs as cfg_lib
 from vqlatent import data as data_lib
@@ -134,16 +134,6 @@ def test_top_codes_condition_the_bottom_codes_and_the_decoder_but_not_the_revers
 
 # -- training: sharded == unsharded -------------------------------------------------
 
-def _run_steps(task, mesh, batches):
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
-  step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
-  all_metrics = []
-  for batch in batches:
-    state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
-    all_metrics.append(metrics)
-  return jax.device_get(state), jax.device_get(all_metrics)
-
 
 def test_sharded_step_equals_single_device_step(data_dir):
   assert jax.device_count() == 8, "conftest.py forces 8 CPU devices"
@@ -151,8 +141,8 @@ def test_sharded_step_equals_single_device_step(data_dir):
   task = make_task(config, data_lib.get_spec(config.data))
   it = data_lib.make_train_iterator(config.data, global_batch_size=16, seed=0)
   batches = [next(it) for _ in range(3)]
-  one_state, one_metrics = _run_steps(task, mesh_lib.make_mesh(1), batches)
-  eight_state, eight_metrics = _run_steps(task, mesh_lib.make_mesh(8), batches)
+  one_state, one_metrics = run_steps(task, mesh_lib.make_mesh(1), batches)
+  eight_state, eight_metrics = run_steps(task, mesh_lib.make_mesh(8), batches)
   chex.assert_trees_all_close(eight_state, one_state, atol=1e-5, rtol=1e-5)
   chex.assert_trees_all_close(eight_metrics, one_metrics, atol=1e-5, rtol=1e-5)
   for level in ("bottom", "top"):  # Both EMA codebooks moved, and moved the same way.
