@@ -25,24 +25,6 @@ from vqlatent.utils import checkpoint as ckpt_lib
 _DATA_FIELDS = ("name", "image_size", "train_split", "eval_split", "image_key", "label_key")
 
 
-def _get(tree: Mapping[str, Any], dotted: str) -> Any:
-  node: Any = tree
-  for part in dotted.split("."):
-    if not isinstance(node, Mapping) or part not in node:
-      return None
-    node = node[part]
-  return node
-
-
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-  if isinstance(value, Mapping):
-    out = {}
-    for k, v in value.items():
-      out.update(_flatten(f"{prefix}.{k}", v))
-    return out
-  return {prefix: value}
-
-
 def make_provenance(config: ml_collections.ConfigDict, *, workdir: str, step: int,
                     levels: Mapping[str, layout.LevelSpec], plan: Mapping[str, Any]) -> dict[str, Any]:
   """The provenance record of extracting the codes of checkpoint `step` of `workdir`."""
@@ -52,7 +34,8 @@ def make_provenance(config: ml_collections.ConfigDict, *, workdir: str, step: in
       "checkpoint": {"workdir": workdir, "directory": os.path.join(workdir, "checkpoints", str(step)),
                      "step": int(step)},
       "model_name": config.model_name,
-      "model_config": {f: _get(config_json, f) for f in ckpt_lib.MODEL_DEFINING_FIELDS},
+      "model_config": {f: ckpt_lib.get_field(config_json, f, None)
+                       for f in ckpt_lib.MODEL_DEFINING_FIELDS},
       "data": {f: config_json["data"].get(f) for f in _DATA_FIELDS},
       "levels": layout.levels_to_json(levels),
       "plan": dict(plan),
@@ -71,13 +54,8 @@ def fingerprint(provenance: Mapping[str, Any]) -> dict[str, Any]:
 def check_resumable(existing: Mapping[str, Any], new: Mapping[str, Any], directory: str) -> None:
   """`ProvenanceMismatchError` listing the differences, unless `existing` may be continued by `new`."""
   a, b = fingerprint(existing), fingerprint(new)
-  diffs = []
-  for key in a:
-    flat_a, flat_b = _flatten(key, a[key]), _flatten(key, b[key])
-    for field in sorted(set(flat_a) | set(flat_b)):
-      if flat_a.get(field, "<absent>") != flat_b.get(field, "<absent>"):
-        diffs.append(f"  {field}: directory has {flat_a.get(field, '<absent>')!r}, "
-                     f"this run has {flat_b.get(field, '<absent>')!r}")
+  diffs = [f"  {field}: directory has {x!r}, this run has {y!r}"
+           for field, x, y in ckpt_lib.field_diffs(a, b, list(a))]
   if diffs:
     raise layout.ProvenanceMismatchError(
         f"{directory} holds codes extracted with another model, checkpoint or plan:\n" + "\n".join(diffs)

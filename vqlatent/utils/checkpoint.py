@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -33,22 +33,39 @@ class WorkdirMismatchError(ValueError):
   """The workdir holds a run of a different model configuration."""
 
 
-def _get(config: dict, dotted: str) -> Any:
-  node = config
+ABSENT = "<absent>"
+
+
+def get_field(tree: Mapping[str, Any], dotted: str, default: Any = ABSENT) -> Any:
+  """`tree['a']['b']` for 'a.b' in a nested (JSON) config dict, or `default`."""
+  node = tree
   for part in dotted.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return "<absent>"
+    if not isinstance(node, Mapping) or part not in node:
+      return default
     node = node[part]
   return node
 
 
 def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-  if isinstance(value, dict):
+  if isinstance(value, Mapping):
     out = {}
     for k, v in value.items():
       out.update(_flatten(f"{prefix}.{k}", v))
     return out
   return {prefix: value}
+
+
+def field_diffs(a: Mapping[str, Any], b: Mapping[str, Any],
+                fields: Sequence[str]) -> list[tuple[str, Any, Any]]:
+  """(dotted leaf, value in a, value in b) for every leaf under `fields` that differs."""
+  diffs = []
+  for field in fields:
+    flat_a, flat_b = _flatten(field, get_field(a, field)), _flatten(field, get_field(b, field))
+    for key in sorted(set(flat_a) | set(flat_b)):
+      value_a, value_b = flat_a.get(key, ABSENT), flat_b.get(key, ABSENT)
+      if value_a != value_b:
+        diffs.append((key, value_a, value_b))
+  return diffs
 
 
 def config_to_json_dict(config: ml_collections.ConfigDict) -> dict:
@@ -65,13 +82,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write:
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    diffs = []
-    for field in MODEL_DEFINING_FIELDS:
-      a = _flatten(field, _get(saved, field))
-      b = _flatten(field, _get(current, field))
-      for key in sorted(set(a) | set(b)):
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-          diffs.append(f"  {key}: workdir has {a.get(key, '<absent>')!r}, config has {b.get(key, '<absent>')!r}")
+    diffs = [f"  {key}: workdir has {a!r}, config has {b!r}"
+             for key, a, b in field_diffs(saved, current, MODEL_DEFINING_FIELDS)]
     if diffs and has_checkpoints:
       raise WorkdirMismatchError(
           f"Workdir {workdir} holds checkpoints of a different model configuration:\n"
