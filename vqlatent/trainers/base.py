@@ -110,6 +110,12 @@ class Task(abc.ABC):
     del state, batch
     return {}
 
+  def summary_images(self, totals: Any) -> dict[str, np.ndarray]:
+    """Host-side: named image stacks drawn from the accumulated eval sums of the
+    whole eval split (e.g. code-usage histograms); written like `eval_images`."""
+    del totals
+    return {}
+
   def modes(self) -> dict[str, Any]:
     """Extra `--mode=` values this task supports: name -> fn(config, workdir)."""
     return {}

@@ -140,11 +140,12 @@ class Runner:
         first = batch
     if totals is None:
       raise ValueError(f"The eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty.")
-    metrics = self.task.eval_summary(jax.device_get(totals))
+    totals = jax.device_get(totals)
+    metrics = self.task.eval_summary(totals)
     metrics["eval_seconds"] = time.time() - start
     writer.scalars(step, {k: v for k, v in metrics.items() if np.isscalar(v)}, prefix="eval/")
     path = writer.eval_json(step, metrics)
-    grids = jax.device_get(self._eval_images(state, first))
+    grids = {**jax.device_get(self._eval_images(state, first)), **self.task.summary_images(totals)}
     if jax.process_index() == 0:
       for name, stack in grids.items():
         stack = np.asarray(stack)

@@ -131,17 +131,18 @@ class Task(base.Task):
     return {"extract_codes": codes_lib.extract_codes_mode}  # Code maps for the priors (vqlatent.codes).
 
   def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Rows of 8 originals, each directly above the row of their reconstructions; and
-    `code_usage`: a histogram of the codes used by this (first) eval batch, one panel per
-    codebook, codes sorted by use, unused ones shaded red (`quantizers.diagnostics`)."""
+    """Rows of 8 originals, each directly above the row of their reconstructions."""
     cols = base.GRID_COLUMNS
     n = min(32, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
     outputs = self.model.apply(self._variables(state), batch["image"], train=False)
-    counts = self._code_counts(outputs["vq"]["encoding_indices"], batch.get("mask"))
     images = batch["image"][:n]
     recon = outputs["reconstruction"][:n]
     rows = max(n // cols, 1)
     pairs = jnp.stack([images.reshape(rows, -1, *images.shape[1:]),
                        recon.reshape(rows, -1, *images.shape[1:])], axis=1)
-    return {"reconstructions": jnp.clip(pairs.reshape(-1, *images.shape[1:]), 0.0, 1.0),
-            "code_usage": quantizers.diagnostics.usage_histogram(counts)}
+    return {"reconstructions": jnp.clip(pairs.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
+
+  def summary_images(self, totals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`code_usage`: a histogram of the codes used on the whole eval split, one panel per
+    codebook, codes sorted by use, unused ones shaded red (`quantizers.diagnostics`)."""
+    return {"code_usage": np.asarray(quantizers.diagnostics.usage_histogram(totals["code_counts"]))}

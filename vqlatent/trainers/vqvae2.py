@@ -199,8 +199,7 @@ class Task(base.Task):
     return out
 
   def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Row groups: originals, full reconstructions, from the top level alone, from the top two, ...;
-    and `code_usage_<level>`: histograms of the codes used by the batch (unused codes in red)."""
+    """Row groups: originals, full reconstructions, from the top level alone, from the top two, ..."""
     cols = base.GRID_COLUMNS
     n = min(16, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
     variables = self._variables(state)
@@ -213,8 +212,10 @@ class Task(base.Task):
                                    method="decode_codes"))
     groups = max(n // cols, 1)
     stacked = jnp.stack([r.reshape(groups, -1, *images.shape[1:]) for r in rows], axis=1)
-    grids = {"reconstructions": jnp.clip(stacked.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
-    for name in self.level_names:  # Codes used by the whole batch, sorted by use.
-      grids[f"code_usage_{name}"] = quantizers.diagnostics.usage_histogram(
-          self._code_counts(name, outputs["codes"][name], batch["mask"]))
-    return grids
+    return {"reconstructions": jnp.clip(stacked.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
+
+  def summary_images(self, totals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`code_usage_<level>`: histograms of the codes used on the whole eval split."""
+    return {f"code_usage_{name}": np.asarray(
+        quantizers.diagnostics.usage_histogram(totals[f"code_counts_{name}"]))
+            for name in self.level_names}
