@@ -1,17 +1,28 @@
 r"""Train-step speed of a model config, ours against our PyTorch reference, side by side.
 
   python benchmarks/train_step_bench.py --config=configs/vqvae.py:mnist [--batch_size=128] \
-      [--image_size=64] [--steps=10] [--rounds=5] [--no_torch] [--config.model.upsample=conv_transpose]
+      [--image_shape=64,64,3] [--steps=10] [--rounds=5] [--notorch] [--json_out=FILE] \
+      [--compilation_cache_dir=DIR] [--torch_threads=N] [--config.model.upsample=conv_transpose]
+  python benchmarks/train_step_bench.py --config=configs/pixelcnn.py:mnist,level=top \
+      --codes_config=configs/vqvae2.py:mnist        # or --code_levels=bottom=14x14x512,top=7x7x512
 
 For each round, times `--steps` jitted JAX train steps, then as many PyTorch
 steps, alternating so both see the same machine load; prints the median step
-time, images/s, the ratio ours/PyTorch in images/s (> 1: we are faster), the
-compile time and XLA's memory estimate for the step. Needs no dataset: the
-batch is random, with the image shape of the config's dataset (or --image_size).
+time, examples/s, the ratio ours/PyTorch in examples/s (> 1: we are faster),
+the time to compile the train step (lowering + XLA compilation; the jitted
+init, compiled and run, is timed separately), and XLA's memory estimate for the
+step. Needs no dataset: an autoencoder gets random images with the shape of the
+config's dataset (or --image_shape); a prior (model_name='pixelcnn') gets
+random codes for every level of a code hierarchy, random labels, and trains
+with cross-entropy and Adam, the PyTorch port (torch_reference.GatedPixelCNN)
+the same. The hierarchy comes from --code_levels, or from the VQ-VAE-2 config
+the codes would be extracted with (--codes_config: its levels' shapes on its
+dataset's images and its codebook sizes).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -25,51 +36,49 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
-from vqlatent.data.pipeline import DatasetSpec
-from vqlatent.trainers.base import make_task
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vqlatent.utils import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.", lock_config=True)
+_CODES_CONFIG = config_flags.DEFINE_config_file(
+    "codes_config", None, "For a prior: the VQ-VAE-2 config whose code levels it models "
+    "(e.g. configs/vqvae2.py:mnist).", lock_config=True)
+_CODE_LEVELS = flags.DEFINE_string(
+    "code_levels", None, "For a prior: the code hierarchy as LEVEL=HxWxK,... "
+    "(e.g. bottom=14x14x512,top=7x7x512); overrides --codes_config.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's batch size.")
 _IMAGE = flags.DEFINE_string("image_shape", None, "H,W,C of the random images (default: the config's dataset).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
-_NAMED_SHAPES = {"sklearn_digits": (8, 8, 1), "mnist_idx": (28, 28, 1), "mnist": (28, 28, 1),
-                 "cifar10": (32, 32, 3)}
-
-
-def _image_shape(config) -> tuple[int, int, int]:
-  if _IMAGE.value:
-    return tuple(int(v) for v in _IMAGE.value.split(","))
-  if config.data.get("image_size"):
-    size = config.data.image_size
-    return (size, size, 3)
-  return _NAMED_SHAPES[config.data.name]
-
-
-def _task(config, image_shape):
-  """The model's Task without touching any dataset.
-
-  The data variance only scales the reconstruction loss, so it is not estimated
-  (which would read the dataset) for timing.
-  """
-  spec = DatasetSpec(image_shape=image_shape, num_classes=10, num_train=1, num_eval=1)
-  if "loss" in config and "normalize_by_data_variance" in config.loss:
-    config.loss.normalize_by_data_variance = False
-  return make_task(config, spec)
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache_dir", None, "Use JAX's persistent compilation cache in this directory (run twice: "
+    "the first run's compile time is cold, the second's warm). Default: no cache, a cold compile.")
+_TORCH_THREADS = flags.DEFINE_integer(
+    "torch_threads", None, "torch.set_num_threads for the reference (default: PyTorch's, one per core). "
+    "On a loaded machine PyTorch's OpenMP threads slow down far more than XLA's: compare on a quiet one.")
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
   batch_size = _BATCH.value or config.batch_size
-  image_shape = _image_shape(config)
-  task = _task(config, image_shape)
-  rng = np.random.default_rng(0)
-  images = rng.uniform(size=(batch_size, *image_shape)).astype(np.float32)
-  batch = {"image": jnp.asarray(images), "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+  if _CACHE.value:
+    compilation_cache.enable(os.path.abspath(_CACHE.value), os.getcwd())
+  try:
+    task, np_batch, torch_input, described = bench_inputs.task_and_batch(
+        config, batch_size, np.random.default_rng(0), image_override=_IMAGE.value,
+        code_levels=_CODE_LEVELS.value, codes_config=_CODES_CONFIG.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  batch = jax.tree.map(jnp.asarray, np_batch)
 
+  start = time.perf_counter()
   state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+  jax.block_until_ready(state)
+  init_s = time.perf_counter() - start
   start = time.perf_counter()
   compiled = jax.jit(task.train_step, donate_argnums=(0,)).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -81,12 +90,13 @@ def main(argv):
   torch_step = None
   if _TORCH.value:
     import torch  # pylint: disable=g-import-not-at-top
-    sys.path.insert(0, os.path.dirname(__file__))
     import torch_reference  # pylint: disable=g-import-not-at-top
     torch.manual_seed(0)
-    torch_step = torch_reference.build(config.model_name, config, image_shape)
-    torch_images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    torch_step.step(torch_images)  # Warm-up.
+    if _TORCH_THREADS.value:
+      torch.set_num_threads(_TORCH_THREADS.value)
+    torch_step = torch_reference.build(config.model_name, config, torch_input)
+    torch_batch = torch_reference.torch_batch(np_batch)
+    torch_step.step(torch_batch)  # Warm-up.
 
   state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
@@ -100,19 +110,30 @@ def main(argv):
     if torch_step is not None:
       start = time.perf_counter()
       for _ in range(_STEPS.value):
-        torch_step.step(torch_images)
+        torch_step.step(torch_batch)
       theirs.append((time.perf_counter() - start) / _STEPS.value)
 
   ours_s = statistics.median(ours)
-  print(f"model={config.model_name} image={image_shape} batch={batch_size} params={num_params} "
+  result = {"config": config.model_name, "described": described, "batch_size": batch_size,
+            "params": int(num_params), "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+            "jax_ms": ours_s * 1e3, "jax_per_s": batch_size / ours_s, "init_s": init_s,
+            "compile_s": compile_s, "compilation_cache": bool(_CACHE.value), "xla_memory_mib": mem_mb, "jax_rounds_ms": [t * 1e3 for t in ours]}
+  print(f"model={config.model_name} {described} batch={batch_size} params={num_params} "
         f"devices={jax.device_count()} ({jax.devices()[0].platform})")
-  print(f"jax:   {ours_s * 1e3:8.1f} ms/step  {batch_size / ours_s:9.1f} img/s  compile {compile_s:.1f} s  "
-        f"XLA memory {mem_mb:.0f} MiB  (rounds: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
+  print(f"jax:   {ours_s * 1e3:8.1f} ms/step  {batch_size / ours_s:9.1f} ex/s  compile {compile_s:.1f} s "
+        f"(init {init_s:.1f} s)  XLA memory {mem_mb:.0f} MiB  "
+        f"(rounds: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
   if torch_step is not None:
     theirs_s = statistics.median(theirs)
-    print(f"torch: {theirs_s * 1e3:8.1f} ms/step  {batch_size / theirs_s:9.1f} img/s  "
+    result.update(torch_ms=theirs_s * 1e3, torch_per_s=batch_size / theirs_s,
+                  torch_params=int(torch_step.num_params()), torch_threads=torch.get_num_threads(),
+                  torch_rounds_ms=[t * 1e3 for t in theirs], ratio=theirs_s / ours_s)
+    print(f"torch: {theirs_s * 1e3:8.1f} ms/step  {batch_size / theirs_s:9.1f} ex/s  "
           f"params {torch_step.num_params()}  (rounds: {', '.join(f'{t * 1e3:.0f}' for t in theirs)} ms)")
-    print(f"ratio ours/torch images/s: {theirs_s / ours_s:.2f}")
+    print(f"ratio ours/torch examples/s: {theirs_s / ours_s:.2f}")
+  if _JSON_OUT.value:
+    with open(_JSON_OUT.value, "w") as f:
+      json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":

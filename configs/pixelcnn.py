@@ -25,6 +25,16 @@ mnist — 28x28: top 7x7 / bottom 14x14 codes, K=512; top: 64 channels, 8
   0.17 s cached vs 9.1 s plain (identical codes). Queued runs (after
   configs/vqvae2.py:mnist --mode=extract_codes): /work/runs/queue/issue5_*.sh.
 
+Sample quality (`--mode=sample_eval`, class-conditional top prior): samples
+judged by the project's classifier (`configs/classifier.py`), e.g. for the 7x7
+top prior over the one-level VQ-VAE's codes (configs/vqvae.py:mnist):
+    python -m vqlatent.main --config=configs/pixelcnn.py:mnist,level=top,codes_dir=VQVAE_WORKDIR/codes \
+      --workdir=PRIOR_WORKDIR --mode=sample_eval --config.sample.classifier_workdir=CLASSIFIER_WORKDIR
+  writes PRIOR_WORKDIR/eval/sample_eval.json (fraction of samples classified as
+  their label, Frechet distance of classifier features to the real test set,
+  and both figures for as many held-out real test images) and
+  PRIOR_WORKDIR/images/sample_eval.png. Measured: see benchmarks/RESULTS.md.
+
 cifar10 — 32x32: top 4x4 / bottom 8x8 codes (strides (4, 2)), K=512; 128
   channels, 12 layers, attention on the top prior (4.5M / 4.9M parameters).
 
@@ -78,6 +88,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
                           eval_batch_size=256)
   config.sample = ml_collections.ConfigDict(dict(
-      temperature=1.0, num_per_class=8, seed=0,
-      lower_priors=ml_collections.FieldReference(None, field_type=str)))  # 'bottom=WORKDIR'.
+      temperature=1.0, num_per_class=8, seed=0, batch_size=100,
+      lower_priors=ml_collections.FieldReference(None, field_type=str),  # 'bottom=WORKDIR'.
+      # --mode=sample_eval: samples per class, judged by a configs/classifier.py checkpoint.
+      eval_per_class=100, classifier_workdir=ml_collections.FieldReference(None, field_type=str)))
   return config

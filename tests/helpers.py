@@ -41,6 +41,21 @@ def tiny_vqvae_config(data_dir: str, arg: str | None = None):
   return config
 
 
+def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits"):
+  """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step.
+
+  Returns the config (for `vqlatent.main.run(config, workdir, mode)`).
+  """
+  from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top
+  config = load_config("pixelcnn", f"{arg},codes_dir={codes_dir}")
+  config.model.update(dict(channels=8, num_layers=2, head_channels=8, cond_channels=4))
+  config.update(dict(batch_size=16, num_train_steps=1, eval_every_steps=0, checkpoint_every_steps=1,
+                     log_every_steps=1, progress_bar=False))
+  config.data.num_workers = 1
+  loop.train_and_evaluate(config, workdir)
+  return config
+
+
 def run_steps(task, mesh, batches, eval_batch=None):
   """Init + train steps (+ one eval step) under jit on `mesh`, as the loop runs them.
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import load_config
+from helpers import load_config, train_tiny_prior
 from vqlatent import data as data_lib
 from vqlatent.codes import layout
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
@@ -222,13 +222,8 @@ def test_sample_mode_decodes_a_class_grid_through_the_whole_hierarchy(tmp_path, 
 
   workdirs, configs = {}, {}
   for level in ("top", "bottom"):
-    config = load_config("pixelcnn", f"digits,level={level},codes_dir={vq_workdir}/codes")
-    config.model.update(dict(channels=8, num_layers=2, head_channels=8, cond_channels=4))
-    config.update(dict(batch_size=16, num_train_steps=1, eval_every_steps=0, checkpoint_every_steps=1,
-                       log_every_steps=1, progress_bar=False))
-    config.data.num_workers = 1
-    workdirs[level], configs[level] = str(tmp_path / f"prior_{level}"), config
-    loop.train_and_evaluate(config, workdirs[level])
+    workdirs[level] = str(tmp_path / f"prior_{level}")
+    configs[level] = train_tiny_prior(f"{vq_workdir}/codes", workdirs[level], f"digits,level={level}")
 
   with pytest.raises(ValueError, match=r"\(top\) prior, not of the .bottom. prior"):
     main_lib.run(configs["bottom"], workdirs["bottom"], "sample")

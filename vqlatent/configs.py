@@ -15,6 +15,7 @@ import ml_collections
 from vqlatent import quantizers
 from vqlatent.data import pipeline as data_pipeline
 from vqlatent.trainers.optim import default_optimizer_config
+from vqlatent.utils import compilation_cache
 
 
 def parse_arg(arg: str | None, variants: tuple[str, ...], default: str, **options: Any) -> tuple[str, dict[str, Any]]:
@@ -117,5 +118,8 @@ def training_config(config: ml_collections.ConfigDict, *, batch_size: int, num_t
   config.eval_batch_size = eval_batch_size
   config.eval_num_examples = ml_collections.config_dict.placeholder(int)
   config.progress_bar = True
+  # JAX's persistent compilation cache, relative to the workdir ('' leaves JAX's setting alone):
+  # a resumed run or another mode in the same workdir reads its compiled programs back.
+  config.compilation_cache_dir = compilation_cache.DEFAULT_DIR
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   return config

@@ -29,6 +29,7 @@ from ml_collections import config_flags
 
 from vqlatent.parallel import distributed
 from vqlatent.trainers import loop
+from vqlatent.utils import compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vqvae.py:mnist.", lock_config=True)
@@ -78,8 +79,15 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   logging.info("JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(),
                jax.process_count())
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   try:
-    run(_CONFIG.value, os.path.abspath(_WORKDIR.value), _MODE.value)
+    cache_dir = compilation_cache.enable(config.get("compilation_cache_dir", ""), workdir)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  if cache_dir:
+    logging.info("Persistent compilation cache: %s", cache_dir)
+  try:
+    run(config, workdir, _MODE.value)
   except loop.NonFiniteLossError as e:
     logging.error("%s", e)
     sys.exit(1)

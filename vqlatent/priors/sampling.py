@@ -28,6 +28,7 @@ a prior conditioned on the level above.
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -40,13 +41,15 @@ from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 def check_sampling_inputs(model: GatedPixelCNN, shape: tuple[int, int], batch_size: int,
                           labels: Any, cond_codes: Any, temperature: float) -> None:
   """Host-side checks of everything a sampler is given (values too, not just shapes)."""
-  if not (isinstance(temperature, (int, float)) and np.isfinite(temperature) and temperature > 0):
+  # numbers.Real covers Python and numpy scalars (np.float32 is not a float); a bool is not a temperature.
+  if (isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real)
+      or not np.isfinite(temperature) or temperature <= 0):
     raise PixelCNNInputError(f"temperature={temperature!r}: must be a finite number > 0 "
                              f"(1 samples the model's distribution, smaller values sharpen it).")
   if len(shape) != 2 or min(shape) < 1:
     raise PixelCNNInputError(f"shape={shape}: must be (height, width) of the code map.")
-  if batch_size < 1:
-    raise PixelCNNInputError(f"batch_size={batch_size}: must be >= 1.")
+  if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    raise PixelCNNInputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
   model.check_inputs((batch_size, *shape), labels, cond_codes)
   if labels is not None:
     values = np.asarray(labels)
