@@ -18,11 +18,13 @@ from vqlatent.quantizers import VectorQuantizerEMA
     (4, 4, 3, 3),    # Kernel == stride (VQ-VAE-2's 4x upsampling by one layer).
     (8, 4, 4, 4),
     (3, 1, 5, 5),    # Stride 1: a plain convolution.
+    (2, 3, 4, 4),    # Kernel < stride: some phases have no tap (one sub-pixel convolution).
 ])
-def test_subpixel_equals_conv_transpose(kernel, stride, height, width):
+@pytest.mark.parametrize("per_phase", [True, False])
+def test_subpixel_equals_conv_transpose(kernel, stride, height, width, per_phase):
   x = jax.random.normal(jax.random.key(0), (2, height, width, 3))
   reference = nn.ConvTranspose(5, (kernel, kernel), (stride, stride), padding="SAME")
-  fast = SubpixelConvTranspose(5, (kernel, kernel), (stride, stride))
+  fast = SubpixelConvTranspose(5, (kernel, kernel), (stride, stride), per_phase=per_phase)
   params = reference.init(jax.random.key(1), x)
   params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params)
   chex.assert_trees_all_equal_shapes(params, fast.init(jax.random.key(1), x))
