@@ -32,11 +32,23 @@ def _restore_params(config, workdir):
 
 # -- training end to end -------------------------------------------------------
 
-def test_train_writes_checkpoints_eval_json_png_and_resumes_a_finished_run(tmp_path, data_dir):
+def test_train_writes_checkpoints_eval_json_png_and_resumes_a_finished_run(tmp_path, data_dir,
+                                                                           monkeypatch):
   config = tiny_vqvae_config(data_dir)
   workdir = str(tmp_path / "wd")
+  train_scalars = {}
+  write_scalars = loop.MetricWriter.scalars
+  def recording_scalars(self, step, scalars, prefix=""):
+    if prefix == "train/":
+      train_scalars[step] = dict(scalars)
+    write_scalars(self, step, scalars, prefix)
+  monkeypatch.setattr(loop.MetricWriter, "scalars", recording_scalars)
   state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == config.num_train_steps
+  assert sorted(train_scalars) == [2, 4, 6]  # Fetched every log_every_steps=2 steps.
+  for scalars in train_scalars.values():
+    assert np.isfinite(scalars["loss"]) and scalars["steps_per_second"] > 0
+    assert 0 <= scalars["data_wait_fraction"] <= 1
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]  # keep_checkpoints=2
   with open(os.path.join(workdir, "eval", "latest.json")) as f:
     metrics = json.load(f)

@@ -11,7 +11,10 @@
   * runs the task's `train_step` under one `jax.jit` with the batch sharded over
     the whole mesh, the state replicated (or fsdp-sharded) and donated;
   * fetches metrics only every `log_every_steps` (no host sync in between),
-    writes them to TensorBoard, and shows a progress bar with steps/s and ETA;
+    writes them to TensorBoard with the throughput of those steps
+    (`steps_per_second`) and the fraction of their wall time spent waiting for
+    the input pipeline (`data_wait_fraction`: ~0 when prefetching keeps up),
+    and shows a progress bar with steps/s and ETA;
   * evaluates every `eval_every_steps` (metrics JSON + PNG grids) and checkpoints
     every `checkpoint_every_steps` (keeping `keep_checkpoints`);
   * on preemption (SIGTERM to any process) finishes the current step, saves it
@@ -197,6 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   pending: list[tuple[int, dict[str, jax.Array]]] = []
   last_good_step = start_step if start_step > 0 else None
+  # Throughput of the steps since the last flush, excluding evaluations and saves.
+  window = {"start": time.perf_counter(), "data_wait": 0.0}
 
   def last_good_message() -> str:
     if last_good_step is None:
@@ -221,8 +226,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s}: training "
             f"stopped, nothing after step {last_good_step or 0} was saved. {last_good_message()}")
     means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    elapsed = max(time.perf_counter() - window["start"], 1e-9)  # Includes this fetch's wait.
+    means["steps_per_second"] = len(steps) / elapsed
+    means["data_wait_fraction"] = window["data_wait"] / elapsed
     writer.scalars(step, means, prefix="train/")
+    restart_window()
     progress.set_postfix({k: f"{means[k]:.4g}" for k in list(means)[:3]}, refresh=False)
+
+  def restart_window() -> None:
+    window.update(start=time.perf_counter(), data_wait=0.0)
 
   def save(step: int) -> None:
     """Checkpoints `state` once its losses and its values are known to be finite."""
@@ -237,6 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           f"training stopped without saving it. {last_good_message()}")
     checkpointer.save(step, state, train_iter.get_state(), force=True)
     last_good_step = step
+    restart_window()
 
   step = start_step
   progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, desc="train",
@@ -248,8 +261,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           os.path.exists(writer.eval_json_path(start_step))):
         logging.info("Step %d has no evaluation (the run stopped before it): evaluating.", start_step)
         runner.evaluate(state, start_step, writer)
+      restart_window()
       while step < config.num_train_steps:
-        batch = mesh_lib.shard_batch(next(train_iter), runner.mesh)
+        wait_start = time.perf_counter()
+        local_batch = next(train_iter)  # Prefetched by grain's threads (data.prefetch batches).
+        window["data_wait"] += time.perf_counter() - wait_start
+        batch = mesh_lib.shard_batch(local_batch, runner.mesh)
         state, metrics = train_step(state, batch)
         step += 1
         pending.append((step, metrics))
@@ -267,6 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           break
         if eval_due(step):
           runner.evaluate(state, step, writer)
+          restart_window()
   finally:
     progress.close()
     checkpointer.close()
