@@ -37,10 +37,10 @@ Perfetto); by default it goes to a temporary directory.
 from __future__ import annotations
 
 import collections
+import functools
 import glob
 import os
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +59,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+import bench_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
                                "vqvae2.py") + ":imagenet256"
@@ -193,16 +194,6 @@ def trace_step(compiled, state, batch, steps: int, trace_dir: str) -> tuple[dict
   return seconds, wall
 
 
-def _median_time(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def _table(title: str, totals: collections.Counter, total: float) -> None:
   print(f"\n| {title} | ms/step | share |\n|---|---|---|")
   for key, value in totals.most_common():
@@ -224,10 +215,11 @@ def timed_pieces(task, state, batch) -> list[tuple[str, float]]:
     updates, opt_state = task.tx.update(grads, opt_state, p)
     return optax.apply_updates(p, updates), opt_state
 
-  pieces = [("forward (loss)", _median_time(jax.jit(loss), params)),
-            ("forward + backward (gradients)", _median_time(jax.jit(jax.grad(loss)), params)),
-            ("train step (gradients, optimizer, EMA)", _median_time(jax.jit(task.train_step), state, batch)),
-            ("optimizer update alone", _median_time(jax.jit(update), state.opt_state, params))]
+  timed = functools.partial(bench_timing.median_seconds, repeats=_REPEATS.value)
+  pieces = [("forward (loss)", timed(jax.jit(loss), params)),
+            ("forward + backward (gradients)", timed(jax.jit(jax.grad(loss)), params)),
+            ("train step (gradients, optimizer, EMA)", timed(jax.jit(task.train_step), state, batch)),
+            ("optimizer update alone", timed(jax.jit(update), state.opt_state, params))]
   return pieces
 
 

@@ -15,13 +15,13 @@ see the same machine load; the table has the median over rounds.
 from __future__ import annotations
 
 import statistics
-import time
 
 from absl import app, flags  # pylint: disable=g-multiple-import
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import bench_timing  # benchmarks/ (the script's directory) is on sys.path.
 from vqlatent.nets.layers import SubpixelConvTranspose
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation and round.")
@@ -35,16 +35,6 @@ SHAPES = (
     ("VQ-VAE-2 64x64 b16, 32->64", 16, 32, 128, 64),
     ("VQ-VAE-2 256x256 b4, 64->128", 4, 64, 128, 64),
 )
-
-
-def _timed(fn, *args) -> float:
-  jax.block_until_ready(fn(*args))  # Compile.
-  times = []
-  for _ in range(_REPEATS.value):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def main(argv):
@@ -68,7 +58,7 @@ def main(argv):
     rounds = {key: [] for key in impls}
     for _ in range(_ROUNDS.value):
       for key, (step, params) in steps.items():
-        rounds[key].append(_timed(step, params, x))
+        rounds[key].append(bench_timing.median_seconds(step, params, x, repeats=_REPEATS.value))
     ms = {key: 1e3 * statistics.median(v) for key, v in rounds.items()}
     print(f"| {name} | " + " | ".join(f"{ms[k]:.1f}" for k in impls)
           + f" | {ms['subpixel'] / ms['per_phase']:.2f}x |")
