@@ -1,6 +1,6 @@
 r"""Runs every speed benchmark of the project and prints one markdown table each.
 
-  python benchmarks/run_all.py [--quick] [--only=train,compile,quantizer,sampling] \
+  python benchmarks/run_all.py [--quick] [--only=train,compile,quantizer,sampling] [--steps=N --rounds=N] \
       [--train_rows=0,1] [--log_dir=DIR] [--torch_threads=N] [--haiku_python=/work/venv_bench/bin/python]
 
 Each benchmark runs in its own process (clean memory and compile numbers):
@@ -16,6 +16,8 @@ compile    The time to compile the jitted init and train step of `COMPILE_ROW`
            writes), the same one again (warm: reads the programs back).
 quantizer  `quantizer_bench.py` against DeepMind Haiku, in the separate venv of
            `haiku_env.sh` (skipped, with a message, when that venv is missing).
+upsample   `upsample_bench.py`: one upsampling layer as a 3x3 sub-pixel
+           convolution against four per-phase 2x2 convolutions.
 sampling   `sampling_bench.py` (PixelCNN sampling: cached against plain), if present.
 
 `--quick` runs each with the fewest steps and rounds (a smoke test: the numbers
@@ -51,7 +53,7 @@ TRAIN_ROWS = (
 )
 # The compile-time row (the model of the issue's goal: <= 10 s on a 2-core CPU).
 COMPILE_ROW = ("VQ-VAE-2, 256x256, batch 4", ["--config=configs/vqvae2.py:imagenet256", "--batch_size=4"])
-BENCHMARKS = ("train", "compile", "quantizer", "sampling")
+BENCHMARKS = ("train", "compile", "upsample", "quantizer", "sampling")
 
 
 def _load() -> str:
@@ -78,11 +80,12 @@ def _fmt(value, digits: int = 1) -> str:
   return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def train_table(rows, quick: bool, log_dir: str, torch_threads: int | None) -> str:
+def train_table(rows, quick: bool, log_dir: str, torch_threads: int | None,
+                timing: list[str] | None = None) -> str:
   header = ("| model | input | batch | params | ours ms/step | PyTorch ms/step | ours/PyTorch (speed) "
             "| compile s | init s | XLA MiB | load before/after |")
   lines = [header, "|" + "---|" * (header.count("|") - 1)]
-  timing = ["--steps=1", "--rounds=1"] if quick else []
+  timing = ["--steps=1", "--rounds=1"] if quick else (timing or [])
   for i, (label, flags) in enumerate(rows):
     json_path = os.path.join(log_dir, f"train_{i}.json")
     cmd = [sys.executable, os.path.join("benchmarks", "train_step_bench.py"), *flags, *timing,
@@ -145,12 +148,24 @@ def quantizer_table(quick: bool, log_dir: str, haiku_python: str) -> str:
   return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
 
 
-def sampling_table(quick: bool, log_dir: str) -> str:
+def upsample_table(quick: bool, log_dir: str) -> str:
+  flags = ["--repeats=1", "--rounds=1"] if quick else []
+  cmd = [sys.executable, os.path.join("benchmarks", "upsample_bench.py"), *flags]
+  print(f"[upsample] {' '.join(cmd[1:])}", flush=True)
+  before = _load()
+  code, out, _ = _run(cmd, os.path.join(log_dir, "upsample.log"))
+  if code != 0:
+    print(out[-3000:], file=sys.stderr)
+    return f"(failed: exit {code}, see {log_dir}/upsample.log)"
+  return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
+
+
+def sampling_table(quick: bool, log_dir: str, extra_flags: list[str] | None = None) -> str:
   script = os.path.join(BENCH_DIR, "sampling_bench.py")
   if not os.path.exists(script):
     return "(skipped: benchmarks/sampling_bench.py is not there)"
   flags = ["--sizes=8", "--repeats=1", "--batch_size=8"] if quick else []
-  cmd = [sys.executable, os.path.join("benchmarks", "sampling_bench.py"), *flags]
+  cmd = [sys.executable, os.path.join("benchmarks", "sampling_bench.py"), *flags, *(extra_flags or [])]
   print(f"[sampling] {' '.join(cmd[1:])}", flush=True)
   before = _load()
   code, out, _ = _run(cmd, os.path.join(log_dir, "sampling.log"))
@@ -168,6 +183,9 @@ def main() -> None:
   parser.add_argument("--log_dir", default="", help="where each benchmark's full output goes (default: a temp dir)")
   parser.add_argument("--torch_threads", type=int, default=None,
                       help="torch.set_num_threads of the PyTorch reference (default: PyTorch's)")
+  parser.add_argument("--steps", type=int, default=None, help="train: steps per timed round (train_step_bench's default)")
+  parser.add_argument("--rounds", type=int, default=None, help="train: alternating rounds (train_step_bench's default)")
+  parser.add_argument("--sampling_flags", default="", help="extra flags of sampling_bench.py, space-separated")
   parser.add_argument("--haiku_python", default=DEFAULT_HAIKU_PYTHON,
                       help="python of the venv made by benchmarks/haiku_env.sh")
   args = parser.parse_args()
@@ -194,14 +212,17 @@ def main() -> None:
           "--torch_threads=1.\n", flush=True)
   sections = []
   if "train" in only:
-    table = train_table(rows, args.quick, log_dir, args.torch_threads)
+    timing = ([f"--steps={args.steps}"] if args.steps else []) + ([f"--rounds={args.rounds}"] if args.rounds else [])
+    table = train_table(rows, args.quick, log_dir, args.torch_threads, timing)
     sections.append(("Train step, ours against the PyTorch reference", table))
   if "compile" in only:
     sections.append(("Compile time", compile_table(log_dir)))
+  if "upsample" in only:
+    sections.append(("Upsampling layer (4x4, stride 2), forward + backward", upsample_table(args.quick, log_dir)))
   if "quantizer" in only:
     sections.append(("Quantizer step against Haiku", quantizer_table(args.quick, log_dir, args.haiku_python)))
   if "sampling" in only:
-    sections.append(("PixelCNN sampling", sampling_table(args.quick, log_dir)))
+    sections.append(("PixelCNN sampling", sampling_table(args.quick, log_dir, args.sampling_flags.split())))
   for title, table in sections:
     print(f"\n## {title}\n\n{table}", flush=True)
 
