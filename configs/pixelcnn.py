@@ -15,15 +15,17 @@ digits (default) — 8x8 digits: top 2x2 / bottom 4x4 codes, K=64, 10 classes;
       --workdir=/tmp/pixelcnn_digits_top
     python -m vqlatent.main --config=configs/pixelcnn.py:digits,level=bottom,codes_dir=/tmp/vqvae2_digits/codes \
       --workdir=/tmp/pixelcnn_digits_bottom
-  Not yet measured (queued: /work/runs/queue/issue5_*.sh).
+  (Tests run this pipeline end to end on tiny models; no measured run yet.)
 
 mnist — 28x28: top 7x7 / bottom 14x14 codes, K=512; top: 64 channels, 8
   layers, attention after layers 3 and 7 (844,416 parameters); bottom: 64
   channels, 10 layers (1,108,544). Measured on the shared, heavily loaded
   2-core CPU (2026-11-24, random codes): train step at batch 64 331 ms (top) and
   1.72 s (bottom); sampling 10 maps: top 0.05 s cached vs 0.52 s plain, bottom
-  0.17 s cached vs 9.1 s plain (identical codes). Queued runs (after
-  configs/vqvae2.py:mnist --mode=extract_codes): /work/runs/queue/issue5_*.sh.
+  0.17 s cached vs 9.1 s plain (identical codes). The MNIST pipeline measured
+  with the top variant as the class-conditional prior over a one-level VQ-VAE's
+  7x7 codes (bits per code, sample accuracy, Frechet distance): benchmarks/RESULTS.md
+  (issue 5).
 
 Sample quality (`--mode=sample_eval`, class-conditional top prior): samples
 judged by the project's classifier (`configs/classifier.py`), e.g. for the 7x7
