@@ -132,47 +132,39 @@ def compile_table(log_dir: str) -> str:
   return "\n".join(lines)
 
 
+def _script_table(name: str, cmd: list[str], log_dir: str, env: dict | None = None) -> str:
+  """Runs one benchmark script; its markdown tables and the load average around it."""
+  print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+  before = _load()
+  code, out, _ = _run(cmd, os.path.join(log_dir, f"{name}.log"), env)
+  if code != 0:
+    print(out[-3000:], file=sys.stderr)
+    return f"(failed: exit {code}, see {log_dir}/{name}.log)"
+  return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
+
+
 def quantizer_table(quick: bool, log_dir: str, haiku_python: str) -> str:
   if not os.path.exists(haiku_python):
     return (f"(skipped: no Haiku venv at {haiku_python}; create it with "
             f"`bash benchmarks/haiku_env.sh DIR` and pass --haiku_python=DIR/bin/python)")
   flags = ["--mode=speed", "--shapes=8192x512", "--repeats=1"] if quick else ["--mode=all", "--repeats=5"]
-  cmd = [haiku_python, os.path.join("benchmarks", "quantizer_bench.py"), *flags]
-  print(f"[quantizer] {' '.join(cmd)}", flush=True)
   env = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  before = _load()
-  code, out, _ = _run(cmd, os.path.join(log_dir, "quantizer.log"), env)
-  if code != 0:
-    print(out[-3000:], file=sys.stderr)
-    return f"(failed: exit {code}, see {log_dir}/quantizer.log)"
-  return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
+  return _script_table("quantizer", [haiku_python, os.path.join("benchmarks", "quantizer_bench.py"), *flags],
+                       log_dir, env)
 
 
 def upsample_table(quick: bool, log_dir: str) -> str:
   flags = ["--repeats=1", "--rounds=1"] if quick else []
-  cmd = [sys.executable, os.path.join("benchmarks", "upsample_bench.py"), *flags]
-  print(f"[upsample] {' '.join(cmd[1:])}", flush=True)
-  before = _load()
-  code, out, _ = _run(cmd, os.path.join(log_dir, "upsample.log"))
-  if code != 0:
-    print(out[-3000:], file=sys.stderr)
-    return f"(failed: exit {code}, see {log_dir}/upsample.log)"
-  return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
+  return _script_table("upsample", [sys.executable, os.path.join("benchmarks", "upsample_bench.py"), *flags],
+                       log_dir)
 
 
 def sampling_table(quick: bool, log_dir: str, extra_flags: list[str] | None = None) -> str:
-  script = os.path.join(BENCH_DIR, "sampling_bench.py")
-  if not os.path.exists(script):
+  if not os.path.exists(os.path.join(BENCH_DIR, "sampling_bench.py")):
     return "(skipped: benchmarks/sampling_bench.py is not there)"
   flags = ["--sizes=8", "--repeats=1", "--batch_size=8"] if quick else []
-  cmd = [sys.executable, os.path.join("benchmarks", "sampling_bench.py"), *flags, *(extra_flags or [])]
-  print(f"[sampling] {' '.join(cmd[1:])}", flush=True)
-  before = _load()
-  code, out, _ = _run(cmd, os.path.join(log_dir, "sampling.log"))
-  if code != 0:
-    print(out[-3000:], file=sys.stderr)
-    return f"(failed: exit {code}, see {log_dir}/sampling.log)"
-  return _tables(out) + f"\n\nLoad average before / after: {before} / {_load()}."
+  return _script_table("sampling", [sys.executable, os.path.join("benchmarks", "sampling_bench.py"), *flags,
+                                    *(extra_flags or [])], log_dir)
 
 
 def main() -> None:
