@@ -112,7 +112,7 @@ def _halvings(stride: int) -> int:
 
 
 def _encoder(in_channels: int, hiddens: int, residual_layers: int, residual_hiddens: int, stride: int):
-  """vqlatent.nets.vqvae2.LevelEncoder: k 4x4/2 convs (C/2 ... C/2, C), 3x3 conv, residual stack."""
+  """VQ-VAE-2 level encoder (`Encoder`, half_width_single=True): k 4x4/2 convs (C/2 ... C/2, C), 3x3, residual stack."""
   k, layers, c = _halvings(stride), [], in_channels
   for i in range(k):
     out = hiddens if (k > 1 and i == k - 1) else hiddens // 2
@@ -408,7 +408,7 @@ def _copy(module: nn.Module, name: str, value: np.ndarray) -> None:
 
 
 def _encoder_layer(seq: nn.Sequential, path: tuple[str, ...]) -> nn.Module:
-  """Our Encoder/LevelEncoder names -> the layers of `_encoder` / VQVAE.encoder."""
+  """Our Encoder names -> the layers of `_encoder` / VQVAE.encoder."""
   num_down = sum(isinstance(layer, nn.Conv2d) and layer.stride == (2, 2) for layer in seq)
   head, rest = path[0], path[1:]
   if head.startswith("down_"):

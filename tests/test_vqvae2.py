@@ -54,6 +54,19 @@ def _model(strides, quantizer=VectorQuantizerEMA, channels=1, dims=None):
 
 # -- shapes ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("stride,widths", [(2, [8]), (4, [8, 16]), (8, [8, 8, 16])])
+def test_level_encoders_follow_rosinalitys_widths(stride, widths):
+  """Each level's encoder (the VQ-VAE `Encoder`, half_width_single=True): C/2 after a
+  single stride-2 conv, else C/2, ..., C/2, C; then a 3x3 conv to C."""
+  model = VQVAE2(quantizers={"top": VectorQuantizerEMA(16, 8)}, strides=(stride,), out_channels=1,
+                 num_hiddens=16, num_residual_layers=1, num_residual_hiddens=8)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)), train=False))
+  encoder = shapes["params"]["encoders_top"]
+  assert [encoder[f"down_{i}"]["kernel"].shape[-1] for i in range(len(widths))] == widths
+  assert f"down_{len(widths)}" not in encoder
+  assert encoder["conv3x3"]["kernel"].shape == (3, 3, widths[-1], 16)
+
+
 @pytest.mark.parametrize("image_shape,strides,code_shapes", [
     ((8, 8, 1), (2, 2), {"bottom": (4, 4), "top": (2, 2)}),                          # digits
     ((28, 28, 1), (2, 2), {"bottom": (14, 14), "top": (7, 7)}),                      # MNIST

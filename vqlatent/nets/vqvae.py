@@ -47,18 +47,27 @@ def upsampling_layer(kind: str, features: int, dtype: Any, name: str) -> nn.Modu
 
 
 class Encoder(nn.Module):
-  """x -> z_e(x): strided convs, a 3x3 conv, a residual stack (paper section 4.1)."""
+  """x -> z_e(x): strided convs, a 3x3 conv, a residual stack (paper section 4.1).
+
+  `num_downsamples` 4x4 stride-2 convs with ReLUs (to C/2, ..., C/2, C), then a
+  3x3 conv to C and the residual stack (which ends with a ReLU). VQ-VAE-2's
+  level encoders (rosinality's `Encoder`) are the same module with
+  `half_width_single=True`: a single downsampling conv then goes to C/2, not C.
+  """
   num_hiddens: int
   num_residual_layers: int
   num_residual_hiddens: int
   num_downsamples: int
+  half_width_single: bool = False
   dtype: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = x
-    for i in range(self.num_downsamples):
-      features = self.num_hiddens if i == self.num_downsamples - 1 else self.num_hiddens // 2
+    n = self.num_downsamples
+    for i in range(n):
+      full = i == n - 1 and not (n == 1 and self.half_width_single)
+      features = self.num_hiddens if full else self.num_hiddens // 2
       h = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
                   name=f"down_{i}")(h)
       h = nn.relu(h)

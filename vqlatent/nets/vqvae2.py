@@ -41,8 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from vqlatent.codes.layout import CodeShapeError
-from vqlatent.nets.layers import ResidualStack
-from vqlatent.nets.vqvae import Decoder, upsampling_layer
+from vqlatent.nets.vqvae import Decoder, Encoder, upsampling_layer
 
 
 def level_names(num_levels: int) -> tuple[str, ...]:
@@ -90,33 +89,6 @@ def level_shapes(image_shape: Sequence[int], strides: Sequence[int],
     h, w = h // stride, w // stride
     shapes.append((h, w))
   return tuple(shapes)
-
-
-class LevelEncoder(nn.Module):
-  """Downsamples by `stride` (rosinality's `Encoder`): 4x4 stride-2 convs, a 3x3 conv, residual stack.
-
-  For stride 2: conv4x4/2 to C/2, ReLU, conv3x3 to C. For stride 2^k, k > 1: k
-  conv4x4/2 (to C/2, ..., C/2, C) with ReLUs, then conv3x3 to C. The residual
-  stack ends with a ReLU, as in the paper and rosinality.
-  """
-  num_hiddens: int
-  num_residual_layers: int
-  num_residual_hiddens: int
-  stride: int
-  dtype: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k = num_halvings(self.stride)
-    h = x
-    for i in range(k):
-      features = self.num_hiddens if (k > 1 and i == k - 1) else self.num_hiddens // 2
-      h = nn.Conv(features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                  name=f"down_{i}")(h)
-      h = nn.relu(h)
-    h = nn.Conv(self.num_hiddens, (3, 3), padding="SAME", dtype=self.dtype, name="conv3x3")(h)
-    return ResidualStack(self.num_hiddens, self.num_residual_layers, self.num_residual_hiddens,
-                         dtype=self.dtype, name="residual_stack")(h)
 
 
 class Upsampler(nn.Module):
@@ -178,7 +150,9 @@ class VQVAE2(nn.Module):
     num_levels = len(names)
     res = dict(num_residual_layers=self.num_residual_layers,
                num_residual_hiddens=self.num_residual_hiddens, dtype=self.dtype)
-    self.encoders = {n: LevelEncoder(self.num_hiddens, stride=s, **res)
+    # rosinality's level encoder: downsample by the stride; C/2 after a single conv.
+    self.encoders = {n: Encoder(self.num_hiddens, num_downsamples=num_halvings(s), half_width_single=True,
+                                **res)
                      for n, s in zip(names, self.strides)}
     self.pre_quantization = {n: nn.Conv(self.embedding_dim(n), (1, 1), dtype=self.dtype)
                              for n in names}
