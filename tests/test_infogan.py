@@ -300,6 +300,9 @@ def test_mnist_configs_have_the_papers_hyperparameters():
   assert (tuple(g.fc_features), tuple(g.base_shape), tuple(g.upconv_features)) == ((1024,), (7, 7, 128), (64,))
   assert (tuple(d.conv_features), tuple(d.fc_features), d.leaky_slope) == ((64, 128), (1024,), 0.1)
   assert config.model.q.hidden == 128
+  # The released code's continuous codes: Q's Gaussian has std 1, lambda 1 (launchers/run_mnist_exp.py).
+  assert (config.model.q.continuous_std, config.model.q.fixed_std, config.info.lambda_continuous) == (
+      "fixed", 1.0, 1.0)
   opt = config.optimizer
   assert (opt.discriminator.learning_rate, opt.generator.learning_rate) == (2e-4, 1e-3)
   assert opt.discriminator.b1 == opt.generator.b1 == 0.5

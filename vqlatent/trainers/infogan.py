@@ -19,7 +19,9 @@ BatchNorm (train mode) normalises each of D's three passes (real, generated for
 D, generated for G) with its own batch statistics, as the released code does.
 Under jit with the batch sharded over the mesh these are statistics of the
 global batch. D's running averages (used at evaluation) follow the generated
-batches that Q is trained on; G's follow the G step.
+batches that Q is trained on; G's follow the G step. Classifying the real test
+digits with them or with each test batch's own statistics gives the same
+accuracy (83.24% and 83.08%, learned-std seed 0 at step 5000: benchmarks/infogan_bn_eval.py).
 
 `info.detach_q` (the lambda = 0 control of `configs/infogan.py:mnist_gan`):
 Q's gradient stops at the trunk and Q is fit by maximum likelihood (w_i = 1), so
