@@ -69,5 +69,6 @@ def main() -> None:
         cells = [fmt(r[args.median]) if r is not None else "" for r in records]
         print(f"| {step} | " + " | ".join(cells) + f" | {fmt(statistics.median(values))} |")
 
+
 if __name__ == "__main__":
   main()
