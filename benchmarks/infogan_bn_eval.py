@@ -51,12 +51,13 @@ def main(argv) -> None:
       out = task.discriminator.apply(variables, images, train=False)
     return jnp.argmax(task.q_posterior(out["q_outputs"]).categorical_logits[0], axis=-1)
 
+  num_categories = task.latent_spec.categorical_sizes[0]
   for batch_statistics in (False, True):
-    confusion = np.zeros((task.latent_spec.categorical_sizes[0], task.num_classes))
+    confusion = np.zeros((num_categories, task.num_classes))
     for batch in data_lib.make_eval_batches(config.data, global_batch_size=_BATCH_SIZE.value):
-      keep = np.asarray(batch["mask"]) > 0
-      predicted = np.asarray(predict(jnp.asarray(batch["image"]), batch_statistics))
-      np.add.at(confusion, (predicted[keep], np.asarray(batch["label"])[keep]), 1)
+      predicted = predict(jnp.asarray(batch["image"]), batch_statistics)
+      confusion += np.asarray(ig.confusion_matrix(predicted, jnp.asarray(batch["label"]), num_categories,
+                                                  task.num_classes, jnp.asarray(batch["mask"])))
     accuracy, _ = ig.matched_accuracy(confusion)
     kind = "per-batch statistics" if batch_statistics else "running averages"
     print(f"step {step}, {kind}: categorical accuracy {accuracy:.4f} on {int(confusion.sum())} test images")
