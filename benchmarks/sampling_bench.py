@@ -32,112 +32,133 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
+from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+from ml_collections import config_flags
 
 from vqlatent.codes import layout
 from vqlatent.priors import data as codes_data
 from vqlatent.priors import sampling
 from vqlatent.trainers import pixelcnn
 
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs",
-                               "pixelcnn.py") + ":mnist"
-_CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Prior config (model and prior fields).",
-                                          lock_config=True)
+_DEFAULT_CONFIG = (
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "pixelcnn.py") + ":mnist"
+)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", _DEFAULT_CONFIG, "Prior config (model and prior fields).", lock_config=True
+)
 _SIZES = flags.DEFINE_list("sizes", ["8", "16", "32"], "Code-map sizes S (S x S maps).")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Code maps drawn at once.")
 _NUM_CODES = flags.DEFINE_integer("num_codes", 512, "K, the codebook size.")
-_COND_FACTOR = flags.DEFINE_integer("cond_factor", 2, "Conditioning maps are S / cond_factor (conditioned priors).")
+_COND_FACTOR = flags.DEFINE_integer(
+    "cond_factor", 2, "Conditioning maps are S / cond_factor (conditioned priors)."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
-_PLAIN_MAX = flags.DEFINE_integer("plain_max_positions", 256,
-                                  "Run the plain sampler only up to this many positions; estimate it above.")
+_PLAIN_MAX = flags.DEFINE_integer(
+    "plain_max_positions", 256, "Run the plain sampler only up to this many positions; estimate it above."
+)
 
 
 def _spec(config, size: int) -> codes_data.CodesDatasetSpec:
-  """A codes-dataset spec with the modelled level (and its conditioning level) at `size`."""
-  levels = {config.prior.level: layout.LevelSpec((size, size), _NUM_CODES.value)}
-  cond_level = config.prior.conditioning_level
-  if cond_level is not None:
-    if size % _COND_FACTOR.value:
-      raise ValueError(f"--sizes: {size} is not a multiple of --cond_factor={_COND_FACTOR.value}.")
-    cond_size = size // _COND_FACTOR.value
-    levels[cond_level] = layout.LevelSpec((cond_size, cond_size), _NUM_CODES.value)
-  num_classes = config.data.num_classes if config.prior.class_conditional else None
-  return codes_data.CodesDatasetSpec(image_shape=(size, size, 1), num_classes=num_classes, num_train=1,
-                                     num_eval=1, levels=levels, codes_dir="")
+    """A codes-dataset spec with the modelled level (and its conditioning level) at `size`."""
+    levels = {config.prior.level: layout.LevelSpec((size, size), _NUM_CODES.value)}
+    cond_level = config.prior.conditioning_level
+    if cond_level is not None:
+        if size % _COND_FACTOR.value:
+            raise ValueError(f"--sizes: {size} is not a multiple of --cond_factor={_COND_FACTOR.value}.")
+        cond_size = size // _COND_FACTOR.value
+        levels[cond_level] = layout.LevelSpec((cond_size, cond_size), _NUM_CODES.value)
+    num_classes = config.data.num_classes if config.prior.class_conditional else None
+    return codes_data.CodesDatasetSpec(
+        image_shape=(size, size, 1),
+        num_classes=num_classes,
+        num_train=1,
+        num_eval=1,
+        levels=levels,
+        codes_dir="",
+    )
 
 
 def _timed(fn, *args) -> tuple[float, list[float]]:
-  """(compile seconds, run seconds of each repeat) of jitted `fn` on `args`."""
-  start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(*args))  # Warm-up run.
-  runs = []
-  for _ in range(_REPEATS.value):
+    """(compile seconds, run seconds of each repeat) of jitted `fn` on `args`."""
     start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    runs.append(time.perf_counter() - start)
-  return compile_s, runs
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(*args))  # Warm-up run.
+    runs = []
+    for _ in range(_REPEATS.value):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        runs.append(time.perf_counter() - start)
+    return compile_s, runs
 
 
 def _bench(config, size: int) -> dict[str, float | bool | int]:
-  model, _, cond_level = pixelcnn.build_model(config, _spec(config, size))
-  batch = _BATCH.value
-  rng = np.random.default_rng(size)
-  codes = jnp.asarray(rng.integers(0, model.num_codes, (batch, size, size)), jnp.int32)
-  labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32) if model.num_classes else None
-  cond = None
-  if cond_level is not None:
-    cond_size = size // _COND_FACTOR.value
-    cond = jnp.asarray(rng.integers(0, model.cond_num_codes, (batch, cond_size, cond_size)), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), codes, labels, cond)
-  key, temperature = jax.random.PRNGKey(1), jnp.float32(1.0)
-  sampling.check_sampling_inputs(model, (size, size), batch, labels, cond, 1.0)
-  forward = jax.jit(lambda v, c, l, cc: model.apply(v, c, l, cc))
-  out = {"positions": size * size,
-         "params": sum(x.size for x in jax.tree.leaves(variables))}
-  out["forward_compile"], runs = _timed(forward, variables, codes, labels, cond)
-  out["forward"] = statistics.median(runs)
-  # The samplers' jitted cores (the public wrappers add only host-side input checks).
-  cached = jax.jit(lambda v, k, l, cc, t: sampling._sample_cached(model, (size, size), batch, v, k, l, cc, t))  # pylint: disable=protected-access
-  out["cached_compile"], runs = _timed(cached, variables, key, labels, cond, temperature)
-  out["cached"] = statistics.median(runs)
-  out["plain_estimated"] = size * size > _PLAIN_MAX.value
-  if out["plain_estimated"]:
-    out["plain"], out["plain_compile"] = size * size * out["forward"], float("nan")
-  else:
-    plain = jax.jit(lambda v, k, l, cc, t: sampling._sample_plain(model, (size, size), batch, v, k, l, cc, t))  # pylint: disable=protected-access
-    out["plain_compile"], runs = _timed(plain, variables, key, labels, cond, temperature)
-    out["plain"] = statistics.median(runs)
-  return out
+    model, _, cond_level = pixelcnn.build_model(config, _spec(config, size))
+    batch = _BATCH.value
+    rng = np.random.default_rng(size)
+    codes = jnp.asarray(rng.integers(0, model.num_codes, (batch, size, size)), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, model.num_classes, batch), jnp.int32) if model.num_classes else None
+    cond = None
+    if cond_level is not None:
+        cond_size = size // _COND_FACTOR.value
+        cond = jnp.asarray(rng.integers(0, model.cond_num_codes, (batch, cond_size, cond_size)), jnp.int32)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), codes, labels, cond)
+    key, temperature = jax.random.PRNGKey(1), jnp.float32(1.0)
+    sampling.check_sampling_inputs(model, (size, size), batch, labels, cond, 1.0)
+    forward = jax.jit(lambda v, c, l, cc: model.apply(v, c, l, cc))
+    out = {"positions": size * size, "params": sum(x.size for x in jax.tree.leaves(variables))}
+    out["forward_compile"], runs = _timed(forward, variables, codes, labels, cond)
+    out["forward"] = statistics.median(runs)
+    # The samplers' jitted cores (the public wrappers add only host-side input checks).
+    cached = jax.jit(
+        lambda v, k, l, cc, t: sampling._sample_cached(model, (size, size), batch, v, k, l, cc, t)
+    )  # pylint: disable=protected-access
+    out["cached_compile"], runs = _timed(cached, variables, key, labels, cond, temperature)
+    out["cached"] = statistics.median(runs)
+    out["plain_estimated"] = size * size > _PLAIN_MAX.value
+    if out["plain_estimated"]:
+        out["plain"], out["plain_compile"] = size * size * out["forward"], float("nan")
+    else:
+        plain = jax.jit(
+            lambda v, k, l, cc, t: sampling._sample_plain(model, (size, size), batch, v, k, l, cc, t)
+        )  # pylint: disable=protected-access
+        out["plain_compile"], runs = _timed(plain, variables, key, labels, cond, temperature)
+        out["plain"] = statistics.median(runs)
+    return out
 
 
 def main(argv):
-  del argv
-  config = _CONFIG.value
-  sizes = [int(s) for s in _SIZES.value]
-  m = config.model
-  print(f"prior level={config.prior.level} K={_NUM_CODES.value} channels={m.channels} layers={m.num_layers} "
+    del argv
+    config = _CONFIG.value
+    sizes = [int(s) for s in _SIZES.value]
+    m = config.model
+    print(
+        f"prior level={config.prior.level} K={_NUM_CODES.value} channels={m.channels} layers={m.num_layers} "
         f"attention_layers={tuple(m.attention_layers)} class_conditional={config.prior.class_conditional} "
         f"conditioning_level={config.prior.conditioning_level} batch={_BATCH.value} "
-        f"repeats={_REPEATS.value} (median) devices={jax.device_count()} ({jax.devices()[0].platform})")
-  print()
-  print("| codes | params | forward (s) | cached (s) | plain (s) | cached / forward | plain / cached "
-        "| compile forward / cached / plain (s) |")
-  print("|---|---|---|---|---|---|---|---|")
-  for size in sizes:
-    r = _bench(config, size)
-    plain = f"{r['plain']:.3f}" + (" est." if r["plain_estimated"] else "")
-    plain_compile = "-" if r["plain_estimated"] else f"{r['plain_compile']:.1f}"
-    print(f"| {size}x{size} | {r['params']:,} | {r['forward']:.4f} | {r['cached']:.3f} | {plain} "
-          f"| {r['cached'] / r['forward']:.1f} | {r['plain'] / r['cached']:.1f}"
-          + (" est." if r["plain_estimated"] else "")
-          + f" | {r['forward_compile']:.1f} / {r['cached_compile']:.1f} / {plain_compile} |", flush=True)
+        f"repeats={_REPEATS.value} (median) devices={jax.device_count()} ({jax.devices()[0].platform})"
+    )
+    print()
+    print(
+        "| codes | params | forward (s) | cached (s) | plain (s) | cached / forward | plain / cached "
+        "| compile forward / cached / plain (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for size in sizes:
+        r = _bench(config, size)
+        plain = f"{r['plain']:.3f}" + (" est." if r["plain_estimated"] else "")
+        plain_compile = "-" if r["plain_estimated"] else f"{r['plain_compile']:.1f}"
+        print(
+            f"| {size}x{size} | {r['params']:,} | {r['forward']:.4f} | {r['cached']:.3f} | {plain} "
+            f"| {r['cached'] / r['forward']:.1f} | {r['plain'] / r['cached']:.1f}"
+            + (" est." if r["plain_estimated"] else "")
+            + f" | {r['forward_compile']:.1f} / {r['cached_compile']:.1f} / {plain_compile} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

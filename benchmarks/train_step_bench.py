@@ -30,112 +30,158 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 import jax
 import jax.numpy as jnp
-from ml_collections import config_flags
 import numpy as np
+from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 from vqlatent.utils import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.", lock_config=True)
 _CODES_CONFIG = config_flags.DEFINE_config_file(
-    "codes_config", None, "For a prior: the VQ-VAE-2 config whose code levels it models "
-    "(e.g. configs/vqvae2.py:mnist).", lock_config=True)
+    "codes_config",
+    None,
+    "For a prior: the VQ-VAE-2 config whose code levels it models (e.g. configs/vqvae2.py:mnist).",
+    lock_config=True,
+)
 _CODE_LEVELS = flags.DEFINE_string(
-    "code_levels", None, "For a prior: the code hierarchy as LEVEL=HxWxK,... "
-    "(e.g. bottom=14x14x512,top=7x7x512); overrides --codes_config.")
+    "code_levels",
+    None,
+    "For a prior: the code hierarchy as LEVEL=HxWxK,... "
+    "(e.g. bottom=14x14x512,top=7x7x512); overrides --codes_config.",
+)
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's batch size.")
-_IMAGE = flags.DEFINE_string("image_shape", None, "H,W,C of the random images (default: the config's dataset).")
+_IMAGE = flags.DEFINE_string(
+    "image_shape", None, "H,W,C of the random images (default: the config's dataset)."
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Alternating rounds.")
 _TORCH = flags.DEFINE_bool("torch", True, "Also time the PyTorch reference.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results to this JSON file.")
 _CACHE = flags.DEFINE_string(
-    "compilation_cache_dir", None, "Use JAX's persistent compilation cache in this directory (run twice: "
-    "the first run's compile time is cold, the second's warm). Default: no cache, a cold compile.")
+    "compilation_cache_dir",
+    None,
+    "Use JAX's persistent compilation cache in this directory (run twice: "
+    "the first run's compile time is cold, the second's warm). Default: no cache, a cold compile.",
+)
 _TORCH_THREADS = flags.DEFINE_integer(
-    "torch_threads", None, "torch.set_num_threads for the reference (default: PyTorch's, one per core). "
-    "On a loaded machine PyTorch's OpenMP threads slow down far more than XLA's: compare on a quiet one.")
+    "torch_threads",
+    None,
+    "torch.set_num_threads for the reference (default: PyTorch's, one per core). "
+    "On a loaded machine PyTorch's OpenMP threads slow down far more than XLA's: compare on a quiet one.",
+)
 
 
 def main(argv):
-  del argv
-  config = _CONFIG.value
-  batch_size = _BATCH.value or config.batch_size
-  if _CACHE.value:
-    compilation_cache.enable(os.path.abspath(_CACHE.value), os.getcwd())
-  try:
-    task, np_batch, torch_input, described = bench_inputs.task_and_batch(
-        config, batch_size, np.random.default_rng(0), image_override=_IMAGE.value,
-        code_levels=_CODE_LEVELS.value, codes_config=_CODES_CONFIG.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  batch = jax.tree.map(jnp.asarray, np_batch)
+    del argv
+    config = _CONFIG.value
+    batch_size = _BATCH.value or config.batch_size
+    if _CACHE.value:
+        compilation_cache.enable(os.path.abspath(_CACHE.value), os.getcwd())
+    try:
+        task, np_batch, torch_input, described = bench_inputs.task_and_batch(
+            config,
+            batch_size,
+            np.random.default_rng(0),
+            image_override=_IMAGE.value,
+            code_levels=_CODE_LEVELS.value,
+            codes_config=_CODES_CONFIG.value,
+        )
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
+    batch = jax.tree.map(jnp.asarray, np_batch)
 
-  start = time.perf_counter()
-  state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
-  jax.block_until_ready(state)
-  init_s = time.perf_counter() - start
-  start = time.perf_counter()
-  compiled = jax.jit(task.train_step, donate_argnums=(0,)).lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  mem_mb = ((memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes)
-            / 2**20) if memory is not None else float("nan")
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-
-  torch_step = None
-  if _TORCH.value:
-    import torch  # pylint: disable=g-import-not-at-top
-    import torch_reference  # pylint: disable=g-import-not-at-top
-    torch.manual_seed(0)
-    if _TORCH_THREADS.value:
-      torch.set_num_threads(_TORCH_THREADS.value)
-    torch_step = torch_reference.build(config.model_name, config, torch_input)
-    torch_batch = torch_reference.torch_batch(np_batch)
-    torch_step.step(torch_batch)  # Warm-up.
-
-  state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
-  ours, theirs = [], []
-  for _ in range(_ROUNDS.value):
     start = time.perf_counter()
-    for _ in range(_STEPS.value):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready((state, metrics))
-    ours.append((time.perf_counter() - start) / _STEPS.value)
-    if torch_step is not None:
-      start = time.perf_counter()
-      for _ in range(_STEPS.value):
-        torch_step.step(torch_batch)
-      theirs.append((time.perf_counter() - start) / _STEPS.value)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = jax.jit(task.train_step, donate_argnums=(0,)).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    mem_mb = (
+        ((memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes) / 2**20)
+        if memory is not None
+        else float("nan")
+    )
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
 
-  ours_s = statistics.median(ours)
-  result = {"config": config.model_name, "described": described, "batch_size": batch_size,
-            "params": int(num_params), "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-            "jax_ms": ours_s * 1e3, "jax_per_s": batch_size / ours_s, "init_s": init_s,
-            "compile_s": compile_s, "compilation_cache": bool(_CACHE.value), "xla_memory_mib": mem_mb, "jax_rounds_ms": [t * 1e3 for t in ours]}
-  print(f"model={config.model_name} {described} batch={batch_size} params={num_params} "
-        f"devices={jax.device_count()} ({jax.devices()[0].platform})")
-  print(f"jax:   {ours_s * 1e3:8.1f} ms/step  {batch_size / ours_s:9.1f} ex/s  compile {compile_s:.1f} s "
+    torch_step = None
+    if _TORCH.value:
+        import torch  # pylint: disable=g-import-not-at-top
+        import torch_reference  # pylint: disable=g-import-not-at-top
+
+        torch.manual_seed(0)
+        if _TORCH_THREADS.value:
+            torch.set_num_threads(_TORCH_THREADS.value)
+        torch_step = torch_reference.build(config.model_name, config, torch_input)
+        torch_batch = torch_reference.torch_batch(np_batch)
+        torch_step.step(torch_batch)  # Warm-up.
+
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    ours, theirs = [], []
+    for _ in range(_ROUNDS.value):
+        start = time.perf_counter()
+        for _ in range(_STEPS.value):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        ours.append((time.perf_counter() - start) / _STEPS.value)
+        if torch_step is not None:
+            start = time.perf_counter()
+            for _ in range(_STEPS.value):
+                torch_step.step(torch_batch)
+            theirs.append((time.perf_counter() - start) / _STEPS.value)
+
+    ours_s = statistics.median(ours)
+    result = {
+        "config": config.model_name,
+        "described": described,
+        "batch_size": batch_size,
+        "params": int(num_params),
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "jax_ms": ours_s * 1e3,
+        "jax_per_s": batch_size / ours_s,
+        "init_s": init_s,
+        "compile_s": compile_s,
+        "compilation_cache": bool(_CACHE.value),
+        "xla_memory_mib": mem_mb,
+        "jax_rounds_ms": [t * 1e3 for t in ours],
+    }
+    print(
+        f"model={config.model_name} {described} batch={batch_size} params={num_params} "
+        f"devices={jax.device_count()} ({jax.devices()[0].platform})"
+    )
+    print(
+        f"jax:   {ours_s * 1e3:8.1f} ms/step  {batch_size / ours_s:9.1f} ex/s  compile {compile_s:.1f} s "
         f"(init {init_s:.1f} s)  XLA memory {mem_mb:.0f} MiB  "
-        f"(rounds: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)")
-  if torch_step is not None:
-    theirs_s = statistics.median(theirs)
-    result.update(torch_ms=theirs_s * 1e3, torch_per_s=batch_size / theirs_s,
-                  torch_params=int(torch_step.num_params()), torch_threads=torch.get_num_threads(),
-                  torch_rounds_ms=[t * 1e3 for t in theirs], ratio=theirs_s / ours_s)
-    print(f"torch: {theirs_s * 1e3:8.1f} ms/step  {batch_size / theirs_s:9.1f} ex/s  "
-          f"params {torch_step.num_params()}  (rounds: {', '.join(f'{t * 1e3:.0f}' for t in theirs)} ms)")
-    print(f"ratio ours/torch examples/s: {theirs_s / ours_s:.2f}")
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
-      json.dump(result, f, indent=1)
+        f"(rounds: {', '.join(f'{t * 1e3:.0f}' for t in ours)} ms)"
+    )
+    if torch_step is not None:
+        theirs_s = statistics.median(theirs)
+        result.update(
+            torch_ms=theirs_s * 1e3,
+            torch_per_s=batch_size / theirs_s,
+            torch_params=int(torch_step.num_params()),
+            torch_threads=torch.get_num_threads(),
+            torch_rounds_ms=[t * 1e3 for t in theirs],
+            ratio=theirs_s / ours_s,
+        )
+        print(
+            f"torch: {theirs_s * 1e3:8.1f} ms/step  {batch_size / theirs_s:9.1f} ex/s  "
+            f"params {torch_step.num_params()}  (rounds: {', '.join(f'{t * 1e3:.0f}' for t in theirs)} ms)"
+        )
+        print(f"ratio ours/torch examples/s: {theirs_s / ours_s:.2f}")
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
-  app.run(main)
+    flags.mark_flags_as_required(["config"])
+    app.run(main)

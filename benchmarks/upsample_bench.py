@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import statistics
 
-from absl import app, flags  # pylint: disable=g-multiple-import
+import bench_timing  # benchmarks/ (the script's directory) is on sys.path.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import app, flags  # pylint: disable=g-multiple-import
 
-import bench_timing  # benchmarks/ (the script's directory) is on sys.path.
 from vqlatent.nets.layers import SubpixelConvTranspose
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation and round.")
@@ -38,31 +38,38 @@ SHAPES = (
 
 
 def main(argv):
-  del argv
-  impls = {"subpixel": lambda c: SubpixelConvTranspose(c, (4, 4), (2, 2), per_phase=False),
-           "per_phase": lambda c: SubpixelConvTranspose(c, (4, 4), (2, 2), per_phase=True)}
-  if _CONV_T.value:
-    impls["conv_transpose"] = lambda c: nn.ConvTranspose(c, (4, 4), (2, 2), padding="SAME")
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, forward + backward (input and kernel "
-        f"gradients), median ms")
-  print("| layer | " + " | ".join(impls) + " | subpixel / per_phase |")
-  print("|---" * (len(impls) + 2) + "|")
-  for name, batch, size, cin, cout in SHAPES:
-    x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
-    steps = {}
-    for key, make in impls.items():
-      module = make(cout)
-      params = module.init(jax.random.key(1), x)
-      loss = lambda p, x, m=module: jnp.sum(jnp.square(m.apply(p, x)))
-      steps[key] = (jax.jit(jax.grad(loss, argnums=(0, 1))), params)
-    rounds = {key: [] for key in impls}
-    for _ in range(_ROUNDS.value):
-      for key, (step, params) in steps.items():
-        rounds[key].append(bench_timing.median_seconds(step, params, x, repeats=_REPEATS.value))
-    ms = {key: 1e3 * statistics.median(v) for key, v in rounds.items()}
-    print(f"| {name} | " + " | ".join(f"{ms[k]:.1f}" for k in impls)
-          + f" | {ms['subpixel'] / ms['per_phase']:.2f}x |")
+    del argv
+    impls = {
+        "subpixel": lambda c: SubpixelConvTranspose(c, (4, 4), (2, 2), per_phase=False),
+        "per_phase": lambda c: SubpixelConvTranspose(c, (4, 4), (2, 2), per_phase=True),
+    }
+    if _CONV_T.value:
+        impls["conv_transpose"] = lambda c: nn.ConvTranspose(c, (4, 4), (2, 2), padding="SAME")
+    print(
+        f"jax {jax.__version__}, {jax.devices()[0].platform}, forward + backward (input and kernel "
+        f"gradients), median ms"
+    )
+    print("| layer | " + " | ".join(impls) + " | subpixel / per_phase |")
+    print("|---" * (len(impls) + 2) + "|")
+    for name, batch, size, cin, cout in SHAPES:
+        x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
+        steps = {}
+        for key, make in impls.items():
+            module = make(cout)
+            params = module.init(jax.random.key(1), x)
+            loss = lambda p, x, m=module: jnp.sum(jnp.square(m.apply(p, x)))
+            steps[key] = (jax.jit(jax.grad(loss, argnums=(0, 1))), params)
+        rounds = {key: [] for key in impls}
+        for _ in range(_ROUNDS.value):
+            for key, (step, params) in steps.items():
+                rounds[key].append(bench_timing.median_seconds(step, params, x, repeats=_REPEATS.value))
+        ms = {key: 1e3 * statistics.median(v) for key, v in rounds.items()}
+        print(
+            f"| {name} | "
+            + " | ".join(f"{ms[k]:.1f}" for k in impls)
+            + f" | {ms['subpixel'] / ms['per_phase']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

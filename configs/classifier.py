@@ -26,22 +26,28 @@ VARIANTS = ("digits", "mnist")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _ = cfg_lib.parse_arg(arg, VARIANTS, "digits")
-  config = ml_collections.ConfigDict()
-  config.model_name = "classifier"
-  if variant == "digits":
-    config.data = cfg_lib.data_config("sklearn_digits")
-    model = dict(conv_features=(16, 32, 64), dense_features=64, dropout_rate=0.0)
-    max_shift, batch_size, steps, eval_every = 0, 64, 1000, 250
-  else:  # mnist
-    config.data = cfg_lib.data_config("mnist_idx")
-    model = dict(conv_features=(32, 64, 128), dense_features=256, dropout_rate=0.25)
-    max_shift, batch_size, steps, eval_every = 2, 128, 1500, 500
-  config.model = ml_collections.ConfigDict(model)
-  config.augment = ml_collections.ConfigDict(dict(max_shift=max_shift))
-  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps, learning_rate=1e-3,
-                          eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
-                          eval_batch_size=512)
-  config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 50
-  return config
+    variant, _ = cfg_lib.parse_arg(arg, VARIANTS, "digits")
+    config = ml_collections.ConfigDict()
+    config.model_name = "classifier"
+    if variant == "digits":
+        config.data = cfg_lib.data_config("sklearn_digits")
+        model = dict(conv_features=(16, 32, 64), dense_features=64, dropout_rate=0.0)
+        max_shift, batch_size, steps, eval_every = 0, 64, 1000, 250
+    else:  # mnist
+        config.data = cfg_lib.data_config("mnist_idx")
+        model = dict(conv_features=(32, 64, 128), dense_features=256, dropout_rate=0.25)
+        max_shift, batch_size, steps, eval_every = 2, 128, 1500, 500
+    config.model = ml_collections.ConfigDict(model)
+    config.augment = ml_collections.ConfigDict(dict(max_shift=max_shift))
+    cfg_lib.training_config(
+        config,
+        batch_size=batch_size,
+        num_train_steps=steps,
+        learning_rate=1e-3,
+        eval_every_steps=eval_every,
+        checkpoint_every_steps=eval_every,
+        eval_batch_size=512,
+    )
+    config.optimizer.schedule = "cosine"
+    config.optimizer.warmup_steps = 50
+    return config

@@ -60,47 +60,61 @@ VARIANTS = ("digits", "mnist", "mnist_gan", "celeba")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _ = cfg_lib.parse_arg(arg, VARIANTS, "digits")
-  config = ml_collections.ConfigDict()
-  config.model_name = "infogan"
-  # The paper's MNIST model (Table 1); other variants change widths below.
-  latent = dict(noise_dim=62, noise_distribution="uniform", categorical_sizes=(10,), num_continuous=2,
-                continuous_range=(-1.0, 1.0))
-  generator = dict(fc_features=(1024,), base_shape=(7, 7, 128), upconv_features=(64,))
-  discriminator = dict(conv_features=(64, 128), fc_features=(1024,), leaky_slope=0.1)
-  q = dict(hidden=128, continuous_std="learned", fixed_std=1.0)
-  info = dict(lambda_categorical=1.0, lambda_continuous=0.1, detach_q=False)
-  batch_size, steps, eval_every = 128, 5000, 500
-  if variant == "digits":
-    config.data = cfg_lib.data_config("sklearn_digits")
-    latent.update(noise_dim=16)
-    generator.update(fc_features=(256,), base_shape=(2, 2, 64), upconv_features=(32,))
-    discriminator.update(conv_features=(32, 64), fc_features=(256,))
-    q.update(hidden=64)
-    batch_size, steps, eval_every = 64, 3000, 500
-  elif variant in ("mnist", "mnist_gan"):
-    config.data = cfg_lib.data_config("mnist_idx")
-    eval_every = 250
-    # The released code's continuous codes: Q a Gaussian of fixed std 1, lambda 1.
-    q.update(continuous_std="fixed", fixed_std=1.0)
-    info.update(lambda_continuous=1.0)
-    if variant == "mnist_gan":
-      info.update(lambda_categorical=0.0, lambda_continuous=0.0, detach_q=True)
-  elif variant == "celeba":
-    config.data = cfg_lib.data_config("celeb_a", image_size=32, label_key="", eval_split="validation")
-    latent.update(noise_dim=128, categorical_sizes=(10,) * 10, num_continuous=0)
-    generator.update(fc_features=(), base_shape=(2, 2, 448), upconv_features=(256, 128, 64))
-    discriminator.update(conv_features=(64, 128, 256), fc_features=())
-    batch_size, steps, eval_every = 128, 50_000, 2500
-  config.model = ml_collections.ConfigDict(dict(
-      latent=latent, generator=generator, discriminator=discriminator, q=q, init_std=0.02))
-  config.info = ml_collections.ConfigDict(info)
-  # Figure 2's sweep of a continuous code, beyond its training range [-1, 1].
-  # Eval grids use GRID_COLUMNS (8) values; --mode=traverse uses num_values.
-  config.traversal = ml_collections.ConfigDict(dict(low=-2.0, high=2.0, num_values=10))
-  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps,
-                          eval_every_steps=eval_every, checkpoint_every_steps=max(eval_every, 500))
-  config.optimizer = ml_collections.ConfigDict(dict(
-      discriminator=default_optimizer_config(2e-4, b1=0.5),
-      generator=default_optimizer_config(1e-3, b1=0.5)))
-  return config
+    variant, _ = cfg_lib.parse_arg(arg, VARIANTS, "digits")
+    config = ml_collections.ConfigDict()
+    config.model_name = "infogan"
+    # The paper's MNIST model (Table 1); other variants change widths below.
+    latent = dict(
+        noise_dim=62,
+        noise_distribution="uniform",
+        categorical_sizes=(10,),
+        num_continuous=2,
+        continuous_range=(-1.0, 1.0),
+    )
+    generator = dict(fc_features=(1024,), base_shape=(7, 7, 128), upconv_features=(64,))
+    discriminator = dict(conv_features=(64, 128), fc_features=(1024,), leaky_slope=0.1)
+    q = dict(hidden=128, continuous_std="learned", fixed_std=1.0)
+    info = dict(lambda_categorical=1.0, lambda_continuous=0.1, detach_q=False)
+    batch_size, steps, eval_every = 128, 5000, 500
+    if variant == "digits":
+        config.data = cfg_lib.data_config("sklearn_digits")
+        latent.update(noise_dim=16)
+        generator.update(fc_features=(256,), base_shape=(2, 2, 64), upconv_features=(32,))
+        discriminator.update(conv_features=(32, 64), fc_features=(256,))
+        q.update(hidden=64)
+        batch_size, steps, eval_every = 64, 3000, 500
+    elif variant in ("mnist", "mnist_gan"):
+        config.data = cfg_lib.data_config("mnist_idx")
+        eval_every = 250
+        # The released code's continuous codes: Q a Gaussian of fixed std 1, lambda 1.
+        q.update(continuous_std="fixed", fixed_std=1.0)
+        info.update(lambda_continuous=1.0)
+        if variant == "mnist_gan":
+            info.update(lambda_categorical=0.0, lambda_continuous=0.0, detach_q=True)
+    elif variant == "celeba":
+        config.data = cfg_lib.data_config("celeb_a", image_size=32, label_key="", eval_split="validation")
+        latent.update(noise_dim=128, categorical_sizes=(10,) * 10, num_continuous=0)
+        generator.update(fc_features=(), base_shape=(2, 2, 448), upconv_features=(256, 128, 64))
+        discriminator.update(conv_features=(64, 128, 256), fc_features=())
+        batch_size, steps, eval_every = 128, 50_000, 2500
+    config.model = ml_collections.ConfigDict(
+        dict(latent=latent, generator=generator, discriminator=discriminator, q=q, init_std=0.02)
+    )
+    config.info = ml_collections.ConfigDict(info)
+    # Figure 2's sweep of a continuous code, beyond its training range [-1, 1].
+    # Eval grids use GRID_COLUMNS (8) values; --mode=traverse uses num_values.
+    config.traversal = ml_collections.ConfigDict(dict(low=-2.0, high=2.0, num_values=10))
+    cfg_lib.training_config(
+        config,
+        batch_size=batch_size,
+        num_train_steps=steps,
+        eval_every_steps=eval_every,
+        checkpoint_every_steps=max(eval_every, 500),
+    )
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            discriminator=default_optimizer_config(2e-4, b1=0.5),
+            generator=default_optimizer_config(1e-3, b1=0.5),
+        )
+    )
+    return config

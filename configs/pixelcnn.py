@@ -58,40 +58,73 @@ NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "imagenet256": 1000}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", level="top", codes_dir="")
-  if opts["level"] not in ("top", "bottom"):
-    raise ValueError(f"Config option level={opts['level']!r}: choose 'top' or 'bottom'.")
-  is_top = opts["level"] == "top"
-  config = ml_collections.ConfigDict()
-  config.model_name = "pixelcnn"
-  config.data = codes_data.default_config(opts["codes_dir"] or None, NUM_CLASSES[variant])
-  config.prior = ml_collections.ConfigDict(dict(
-      level=opts["level"],
-      conditioning_level=ml_collections.FieldReference(None if is_top else "top", field_type=str),
-      class_conditional=True))
-  model = dict(channels=64, num_layers=8, kernel_size=3, cond_channels=32, attention_layers=(),
-               num_heads=4, head_channels=128)
-  if variant == "digits":
-    model.update(channels=32, num_layers=4, head_channels=64)
-    batch_size, steps, eval_every = 64, 2000, 500
-  elif variant == "mnist":
-    model.update(num_layers=8 if is_top else 10, attention_layers=(3, 7) if is_top else ())
-    batch_size, steps, eval_every = 64, 5000, 1000
-  elif variant == "cifar10":
-    model.update(channels=128, num_layers=12, cond_channels=64, head_channels=256,
-                 attention_layers=(5, 11) if is_top else ())
-    batch_size, steps, eval_every = 128, 100_000, 5000
-  else:  # imagenet256
-    model.update(channels=256, num_layers=20, cond_channels=128, head_channels=512,
-                 attention_layers=(4, 9, 14, 19) if is_top else (), num_heads=8)
-    batch_size, steps, eval_every = 128, 250_000, 10_000
-  config.model = ml_collections.ConfigDict(model)
-  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps,
-                          eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
-                          eval_batch_size=256)
-  config.sample = ml_collections.ConfigDict(dict(
-      temperature=1.0, num_per_class=8, seed=0, batch_size=100,
-      lower_priors=ml_collections.FieldReference(None, field_type=str),  # 'bottom=WORKDIR'.
-      # --mode=sample_eval: samples per class, judged by a configs/classifier.py checkpoint.
-      eval_per_class=100, classifier_workdir=ml_collections.FieldReference(None, field_type=str)))
-  return config
+    variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", level="top", codes_dir="")
+    if opts["level"] not in ("top", "bottom"):
+        raise ValueError(f"Config option level={opts['level']!r}: choose 'top' or 'bottom'.")
+    is_top = opts["level"] == "top"
+    config = ml_collections.ConfigDict()
+    config.model_name = "pixelcnn"
+    config.data = codes_data.default_config(opts["codes_dir"] or None, NUM_CLASSES[variant])
+    config.prior = ml_collections.ConfigDict(
+        dict(
+            level=opts["level"],
+            conditioning_level=ml_collections.FieldReference(None if is_top else "top", field_type=str),
+            class_conditional=True,
+        )
+    )
+    model = dict(
+        channels=64,
+        num_layers=8,
+        kernel_size=3,
+        cond_channels=32,
+        attention_layers=(),
+        num_heads=4,
+        head_channels=128,
+    )
+    if variant == "digits":
+        model.update(channels=32, num_layers=4, head_channels=64)
+        batch_size, steps, eval_every = 64, 2000, 500
+    elif variant == "mnist":
+        model.update(num_layers=8 if is_top else 10, attention_layers=(3, 7) if is_top else ())
+        batch_size, steps, eval_every = 64, 5000, 1000
+    elif variant == "cifar10":
+        model.update(
+            channels=128,
+            num_layers=12,
+            cond_channels=64,
+            head_channels=256,
+            attention_layers=(5, 11) if is_top else (),
+        )
+        batch_size, steps, eval_every = 128, 100_000, 5000
+    else:  # imagenet256
+        model.update(
+            channels=256,
+            num_layers=20,
+            cond_channels=128,
+            head_channels=512,
+            attention_layers=(4, 9, 14, 19) if is_top else (),
+            num_heads=8,
+        )
+        batch_size, steps, eval_every = 128, 250_000, 10_000
+    config.model = ml_collections.ConfigDict(model)
+    cfg_lib.training_config(
+        config,
+        batch_size=batch_size,
+        num_train_steps=steps,
+        eval_every_steps=eval_every,
+        checkpoint_every_steps=eval_every,
+        eval_batch_size=256,
+    )
+    config.sample = ml_collections.ConfigDict(
+        dict(
+            temperature=1.0,
+            num_per_class=8,
+            seed=0,
+            batch_size=100,
+            lower_priors=ml_collections.FieldReference(None, field_type=str),  # 'bottom=WORKDIR'.
+            # --mode=sample_eval: samples per class, judged by a configs/classifier.py checkpoint.
+            eval_per_class=100,
+            classifier_workdir=ml_collections.FieldReference(None, field_type=str),
+        )
+    )
+    return config

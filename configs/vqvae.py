@@ -49,27 +49,38 @@ VARIANTS = ("digits", "mnist", "mnist_tfds", "cifar10", "imagenet128")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", quantizer="vq_ema")
-  config = ml_collections.ConfigDict()
-  config.model_name = "vqvae"
-  config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
-  model = dict(num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32,
-               num_downsamples=2, embedding_dim=64, upsample="subpixel")
-  if variant == "digits":
-    config.data = cfg_lib.data_config("sklearn_digits")
-    model.update(num_hiddens=64, num_downsamples=1, embedding_dim=16)
-    num_codes, batch_size, steps, eval_every = 64, 64, 3000, 500
-  elif variant in ("mnist", "mnist_tfds"):
-    config.data = cfg_lib.data_config("mnist_idx" if variant == "mnist" else "mnist")
-    num_codes, batch_size, steps, eval_every = 512, 128, 2000, 250
-  elif variant == "cifar10":
-    config.data = cfg_lib.data_config("cifar10")
-    num_codes, batch_size, steps, eval_every = 512, 128, 100_000, 5000
-  elif variant == "imagenet128":
-    config.data = cfg_lib.data_config("imagenet2012", image_size=128, eval_split="validation")
-    num_codes, batch_size, steps, eval_every = 512, 128, 250_000, 10_000
-  config.model = ml_collections.ConfigDict(model)
-  config.quantizer = cfg_lib.quantizer_config(opts["quantizer"], num_codes, model["embedding_dim"])
-  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps,
-                          eval_every_steps=eval_every, checkpoint_every_steps=eval_every)
-  return config
+    variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", quantizer="vq_ema")
+    config = ml_collections.ConfigDict()
+    config.model_name = "vqvae"
+    config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
+    model = dict(
+        num_hiddens=128,
+        num_residual_layers=2,
+        num_residual_hiddens=32,
+        num_downsamples=2,
+        embedding_dim=64,
+        upsample="subpixel",
+    )
+    if variant == "digits":
+        config.data = cfg_lib.data_config("sklearn_digits")
+        model.update(num_hiddens=64, num_downsamples=1, embedding_dim=16)
+        num_codes, batch_size, steps, eval_every = 64, 64, 3000, 500
+    elif variant in ("mnist", "mnist_tfds"):
+        config.data = cfg_lib.data_config("mnist_idx" if variant == "mnist" else "mnist")
+        num_codes, batch_size, steps, eval_every = 512, 128, 2000, 250
+    elif variant == "cifar10":
+        config.data = cfg_lib.data_config("cifar10")
+        num_codes, batch_size, steps, eval_every = 512, 128, 100_000, 5000
+    elif variant == "imagenet128":
+        config.data = cfg_lib.data_config("imagenet2012", image_size=128, eval_split="validation")
+        num_codes, batch_size, steps, eval_every = 512, 128, 250_000, 10_000
+    config.model = ml_collections.ConfigDict(model)
+    config.quantizer = cfg_lib.quantizer_config(opts["quantizer"], num_codes, model["embedding_dim"])
+    cfg_lib.training_config(
+        config,
+        batch_size=batch_size,
+        num_train_steps=steps,
+        eval_every_steps=eval_every,
+        checkpoint_every_steps=eval_every,
+    )
+    return config

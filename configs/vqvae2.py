@@ -61,39 +61,49 @@ VARIANTS = ("digits", "mnist", "cifar10", "imagenet256", "ffhq1024")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", quantizer="vq_ema")
-  config = ml_collections.ConfigDict()
-  config.model_name = "vqvae2"
-  config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
-  model = dict(strides=(4, 2), num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32,
-               upsample="subpixel")
-  num_codes, embedding_dim = 512, 64
-  if variant == "digits":
-    config.data = cfg_lib.data_config("sklearn_digits")
-    model.update(strides=(2, 2), num_hiddens=64)
-    num_codes, embedding_dim = 64, 16
-    batch_size, steps, eval_every = 64, 1000, 250
-  elif variant == "mnist":
-    config.data = cfg_lib.data_config("mnist_idx")
-    model.update(strides=(2, 2))
-    batch_size, steps, eval_every = 128, 2000, 250
-  elif variant == "cifar10":
-    config.data = cfg_lib.data_config("cifar10")
-    batch_size, steps, eval_every = 128, 100_000, 5000
-  elif variant == "imagenet256":
-    config.data = cfg_lib.data_config("imagenet2012", image_size=256, eval_split="validation")
-    batch_size, steps, eval_every = 128, 250_000, 10_000
-  elif variant == "ffhq1024":
-    config.data = cfg_lib.data_config("ffhq", image_size=1024, eval_split="train[60000:]",
-                                      train_split="train[:60000]")
-    model.update(strides=(8, 2, 2))
-    batch_size, steps, eval_every = 128, 300_000, 10_000
-  config.model = ml_collections.ConfigDict(model)
-  config.quantizer = ml_collections.ConfigDict({
-      name: cfg_lib.quantizer_config(opts["quantizer"], num_codes, embedding_dim)
-      for name in level_names(len(model["strides"]))})
-  cfg_lib.training_config(config, batch_size=batch_size, num_train_steps=steps,
-                          eval_every_steps=eval_every, checkpoint_every_steps=eval_every,
-                          eval_batch_size=256 if variant in ("digits", "mnist", "cifar10") else batch_size)
-  config.extract = codes_lib.default_config()
-  return config
+    variant, opts = cfg_lib.parse_arg(arg, VARIANTS, "digits", quantizer="vq_ema")
+    config = ml_collections.ConfigDict()
+    config.model_name = "vqvae2"
+    config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
+    model = dict(
+        strides=(4, 2), num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32, upsample="subpixel"
+    )
+    num_codes, embedding_dim = 512, 64
+    if variant == "digits":
+        config.data = cfg_lib.data_config("sklearn_digits")
+        model.update(strides=(2, 2), num_hiddens=64)
+        num_codes, embedding_dim = 64, 16
+        batch_size, steps, eval_every = 64, 1000, 250
+    elif variant == "mnist":
+        config.data = cfg_lib.data_config("mnist_idx")
+        model.update(strides=(2, 2))
+        batch_size, steps, eval_every = 128, 2000, 250
+    elif variant == "cifar10":
+        config.data = cfg_lib.data_config("cifar10")
+        batch_size, steps, eval_every = 128, 100_000, 5000
+    elif variant == "imagenet256":
+        config.data = cfg_lib.data_config("imagenet2012", image_size=256, eval_split="validation")
+        batch_size, steps, eval_every = 128, 250_000, 10_000
+    elif variant == "ffhq1024":
+        config.data = cfg_lib.data_config(
+            "ffhq", image_size=1024, eval_split="train[60000:]", train_split="train[:60000]"
+        )
+        model.update(strides=(8, 2, 2))
+        batch_size, steps, eval_every = 128, 300_000, 10_000
+    config.model = ml_collections.ConfigDict(model)
+    config.quantizer = ml_collections.ConfigDict(
+        {
+            name: cfg_lib.quantizer_config(opts["quantizer"], num_codes, embedding_dim)
+            for name in level_names(len(model["strides"]))
+        }
+    )
+    cfg_lib.training_config(
+        config,
+        batch_size=batch_size,
+        num_train_steps=steps,
+        eval_every_steps=eval_every,
+        checkpoint_every_steps=eval_every,
+        eval_batch_size=256 if variant in ("digits", "mnist", "cifar10") else batch_size,
+    )
+    config.extract = codes_lib.default_config()
+    return config

@@ -1,4 +1,5 @@
 """Test setup: 8 CPU devices for the sharding tests (must run before jax is imported)."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -15,7 +16,7 @@ MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-  """The real MNIST idx files (../shared/data/mnist); tests needing them skip if absent."""
-  if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
-    pytest.skip(f"real MNIST not found at {MNIST_DIR}")
-  return MNIST_DIR
+    """The real MNIST idx files (../shared/data/mnist); tests needing them skip if absent."""
+    if not (MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found at {MNIST_DIR}")
+    return MNIST_DIR

@@ -13,64 +13,74 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None):
-  """`configs/<name>.py`'s get_config(arg), loaded by path as config_flags does."""
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO_ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+    """`configs/<name>.py`'s get_config(arg), loaded by path as config_flags does."""
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", REPO_ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
 
 
 def tiny_vqvae_config(data_dir: str, arg: str | None = None):
-  """The default (digits) VQ-VAE config, shrunk: 16 hidden channels, K=16, D=8."""
-  config = load_config("vqvae", arg)
-  config.data.data_dir = str(data_dir)
-  config.model.num_hiddens = 16
-  config.model.num_residual_hiddens = 8
-  config.model.num_residual_layers = 1
-  config.model.embedding_dim = 8
-  config.quantizer.embedding_dim = 8
-  config.quantizer.num_embeddings = 16
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.num_train_steps = 6
-  config.log_every_steps = 2
-  config.eval_every_steps = 6
-  config.checkpoint_every_steps = 2
-  config.progress_bar = False
-  config.data.num_workers = 1
-  return config
+    """The default (digits) VQ-VAE config, shrunk: 16 hidden channels, K=16, D=8."""
+    config = load_config("vqvae", arg)
+    config.data.data_dir = str(data_dir)
+    config.model.num_hiddens = 16
+    config.model.num_residual_hiddens = 8
+    config.model.num_residual_layers = 1
+    config.model.embedding_dim = 8
+    config.quantizer.embedding_dim = 8
+    config.quantizer.num_embeddings = 16
+    config.batch_size = 16
+    config.eval_batch_size = 64
+    config.num_train_steps = 6
+    config.log_every_steps = 2
+    config.eval_every_steps = 6
+    config.checkpoint_every_steps = 2
+    config.progress_bar = False
+    config.data.num_workers = 1
+    return config
 
 
 def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits"):
-  """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step.
+    """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step.
 
-  Returns the config (for `vqlatent.main.run(config, workdir, mode)`).
-  """
-  from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top
-  config = load_config("pixelcnn", f"{arg},codes_dir={codes_dir}")
-  config.model.update(dict(channels=8, num_layers=2, head_channels=8, cond_channels=4))
-  config.update(dict(batch_size=16, num_train_steps=1, eval_every_steps=0, checkpoint_every_steps=1,
-                     log_every_steps=1, progress_bar=False))
-  config.data.num_workers = 1
-  loop.train_and_evaluate(config, workdir)
-  return config
+    Returns the config (for `vqlatent.main.run(config, workdir, mode)`).
+    """
+    from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top
+
+    config = load_config("pixelcnn", f"{arg},codes_dir={codes_dir}")
+    config.model.update(dict(channels=8, num_layers=2, head_channels=8, cond_channels=4))
+    config.update(
+        dict(
+            batch_size=16,
+            num_train_steps=1,
+            eval_every_steps=0,
+            checkpoint_every_steps=1,
+            log_every_steps=1,
+            progress_bar=False,
+        )
+    )
+    config.data.num_workers = 1
+    loop.train_and_evaluate(config, workdir)
+    return config
 
 
 def run_steps(task, mesh, batches, eval_batch=None):
-  """Init + train steps (+ one eval step) under jit on `mesh`, as the loop runs them.
+    """Init + train steps (+ one eval step) under jit on `mesh`, as the loop runs them.
 
-  Returns host copies of (final state, per-step metrics[, eval sums]); comparing
-  a 1-device mesh with an 8-device one checks that sharding changes nothing.
-  """
-  repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
-  state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
-  step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
-  all_metrics = []
-  for batch in batches:
-    state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
-    all_metrics.append(metrics)
-  if eval_batch is None:
-    return jax.device_get((state, all_metrics))
-  sums = jax.jit(task.eval_step, in_shardings=(repl, sharded), out_shardings=repl)(
-      state, mesh_lib.shard_batch(eval_batch, mesh))
-  return jax.device_get((state, all_metrics, sums))
+    Returns host copies of (final state, per-step metrics[, eval sums]); comparing
+    a 1-device mesh with an 8-device one checks that sharding changes nothing.
+    """
+    repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
+    state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
+    step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
+    all_metrics = []
+    for batch in batches:
+        state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
+        all_metrics.append(metrics)
+    if eval_batch is None:
+        return jax.device_get((state, all_metrics))
+    sums = jax.jit(task.eval_step, in_shardings=(repl, sharded), out_shardings=repl)(
+        state, mesh_lib.shard_batch(eval_batch, mesh)
+    )
+    return jax.device_get((state, all_metrics, sums))

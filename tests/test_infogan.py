@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
-
 from helpers import load_config, run_steps
+
 from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
@@ -22,27 +22,27 @@ from vqlatent.trainers.base import make_task
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+    return str(tmp_path_factory.mktemp("tfds"))
 
 
 def tiny_infogan_config(data_dir, arg=None):
-  """The digits config with every layer narrowed (a few ms per step)."""
-  config = load_config("infogan", arg)
-  config.data.data_dir = str(data_dir)
-  config.data.num_workers = 1
-  m = config.model
-  m.latent.noise_dim = 4
-  m.generator.fc_features, m.generator.base_shape, m.generator.upconv_features = (32,), (2, 2, 16), (8,)
-  m.discriminator.conv_features, m.discriminator.fc_features = (8, 16), (32,)
-  m.q.hidden = 16
-  config.batch_size = 16
-  config.eval_batch_size = 64
-  config.num_train_steps = 4
-  config.log_every_steps = 2
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.progress_bar = False
-  return config
+    """The digits config with every layer narrowed (a few ms per step)."""
+    config = load_config("infogan", arg)
+    config.data.data_dir = str(data_dir)
+    config.data.num_workers = 1
+    m = config.model
+    m.latent.noise_dim = 4
+    m.generator.fc_features, m.generator.base_shape, m.generator.upconv_features = (32,), (2, 2, 16), (8,)
+    m.discriminator.conv_features, m.discriminator.fc_features = (8, 16), (32,)
+    m.q.hidden = 16
+    config.batch_size = 16
+    config.eval_batch_size = 64
+    config.num_train_steps = 4
+    config.log_every_steps = 2
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    config.progress_bar = False
+    return config
 
 
 SPEC = ig.LatentSpec(noise_dim=5, categorical_sizes=(10, 3), num_continuous=2)
@@ -52,315 +52,355 @@ sample_latents = jax.jit(ig.sample_latents, static_argnums=(1, 2))
 
 # -- the lower bound and the likelihoods -----------------------------------------
 
+
 def test_mi_lower_bound_is_entropy_for_exact_q_and_zero_for_uniform_q():
-  latents = sample_latents(jax.random.PRNGKey(0), SPEC, 256)
-  entropies = ig.code_entropies(SPEC)
-  assert entropies["cat0"] == pytest.approx(math.log(10)) and entropies["cat1"] == pytest.approx(math.log(3))
-  assert entropies["cont0"] == pytest.approx(math.log(2))
-  # Q exactly right for the categorical codes: all mass on the true category.
-  exact_logits = tuple(50.0 * jax.nn.one_hot(latents.categorical[:, i], k)
-                       for i, k in enumerate(SPEC.categorical_sizes))
-  sigma = 0.1
-  exact = ig.Posterior(exact_logits, latents.continuous, jnp.full_like(latents.continuous, math.log(sigma)))
-  bounds_of = jax.jit(lambda posterior: ig.mutual_information_lower_bounds(
-      ig.code_log_likelihoods(SPEC, posterior, latents), entropies))
-  bounds = bounds_of(exact)
-  assert float(bounds["cat0"]) == pytest.approx(math.log(10), abs=1e-5)
-  assert float(bounds["cat1"]) == pytest.approx(math.log(3), abs=1e-5)
-  # Gaussian Q centred on c with std sigma: E log Q = -0.5 log(2 pi) - log sigma.
-  expected_cont = -0.5 * math.log(2 * math.pi) - math.log(sigma) + math.log(2)
-  assert float(bounds["cont1"]) == pytest.approx(expected_cont, abs=1e-5)
-  # Uniform Q for the categorical codes: log(1/K) + ln K = 0 exactly.
-  uniform = exact.replace(categorical_logits=tuple(jnp.zeros_like(l) for l in exact_logits))
-  bounds = bounds_of(uniform)
-  assert float(bounds["cat0"]) == pytest.approx(0.0, abs=1e-6)
-  assert float(bounds["cat1"]) == pytest.approx(0.0, abs=1e-6)
+    latents = sample_latents(jax.random.PRNGKey(0), SPEC, 256)
+    entropies = ig.code_entropies(SPEC)
+    assert entropies["cat0"] == pytest.approx(math.log(10)) and entropies["cat1"] == pytest.approx(
+        math.log(3)
+    )
+    assert entropies["cont0"] == pytest.approx(math.log(2))
+    # Q exactly right for the categorical codes: all mass on the true category.
+    exact_logits = tuple(
+        50.0 * jax.nn.one_hot(latents.categorical[:, i], k) for i, k in enumerate(SPEC.categorical_sizes)
+    )
+    sigma = 0.1
+    exact = ig.Posterior(exact_logits, latents.continuous, jnp.full_like(latents.continuous, math.log(sigma)))
+    bounds_of = jax.jit(
+        lambda posterior: ig.mutual_information_lower_bounds(
+            ig.code_log_likelihoods(SPEC, posterior, latents), entropies
+        )
+    )
+    bounds = bounds_of(exact)
+    assert float(bounds["cat0"]) == pytest.approx(math.log(10), abs=1e-5)
+    assert float(bounds["cat1"]) == pytest.approx(math.log(3), abs=1e-5)
+    # Gaussian Q centred on c with std sigma: E log Q = -0.5 log(2 pi) - log sigma.
+    expected_cont = -0.5 * math.log(2 * math.pi) - math.log(sigma) + math.log(2)
+    assert float(bounds["cont1"]) == pytest.approx(expected_cont, abs=1e-5)
+    # Uniform Q for the categorical codes: log(1/K) + ln K = 0 exactly.
+    uniform = exact.replace(categorical_logits=tuple(jnp.zeros_like(l) for l in exact_logits))
+    bounds = bounds_of(uniform)
+    assert float(bounds["cat0"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(bounds["cat1"]) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_gaussian_log_likelihood_matches_the_density_formula():
-  rng = np.random.RandomState(0)
-  x, mean = rng.uniform(-1, 1, (7, 3)), rng.normal(size=(7, 3))
-  log_std = rng.uniform(-2, 1, (7, 3))
-  expected = scipy.stats.norm.logpdf(x, loc=mean, scale=np.exp(log_std))
-  got = ig.gaussian_log_likelihood(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(log_std))
-  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+    rng = np.random.RandomState(0)
+    x, mean = rng.uniform(-1, 1, (7, 3)), rng.normal(size=(7, 3))
+    log_std = rng.uniform(-2, 1, (7, 3))
+    expected = scipy.stats.norm.logpdf(x, loc=mean, scale=np.exp(log_std))
+    got = ig.gaussian_log_likelihood(jnp.asarray(x), jnp.asarray(mean), jnp.asarray(log_std))
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_categorical_log_likelihood_and_q_output_layout():
-  logits = jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
-  got = ig.categorical_log_likelihood(logits, jnp.asarray([2, 0]))
-  expected = np.asarray(jax.nn.log_softmax(logits))[[0, 1], [2, 0]]
-  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
-  assert ig.q_output_dim(SPEC, "learned") == 10 + 3 + 2 * 2
-  assert ig.q_output_dim(SPEC, "fixed") == 10 + 3 + 2
-  flat = jnp.arange(17.0)[None]
-  post = ig.split_q_outputs(SPEC, flat, "learned")
-  assert [l.tolist() for l in post.categorical_logits] == [[list(range(10))], [[10.0, 11.0, 12.0]]]
-  assert post.continuous_mean.tolist() == [[13.0, 14.0]]
-  assert post.continuous_log_std.tolist() == [[15.0, 16.0]]
-  fixed = ig.split_q_outputs(SPEC, flat[:, :15], "fixed", fixed_std=2.0)
-  np.testing.assert_allclose(np.asarray(fixed.continuous_log_std), [[math.log(2.0)] * 2])
+    logits = jnp.asarray([[1.0, 2.0, 3.0], [0.0, 0.0, 5.0]])
+    got = ig.categorical_log_likelihood(logits, jnp.asarray([2, 0]))
+    expected = np.asarray(jax.nn.log_softmax(logits))[[0, 1], [2, 0]]
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+    assert ig.q_output_dim(SPEC, "learned") == 10 + 3 + 2 * 2
+    assert ig.q_output_dim(SPEC, "fixed") == 10 + 3 + 2
+    flat = jnp.arange(17.0)[None]
+    post = ig.split_q_outputs(SPEC, flat, "learned")
+    assert [l.tolist() for l in post.categorical_logits] == [[list(range(10))], [[10.0, 11.0, 12.0]]]
+    assert post.continuous_mean.tolist() == [[13.0, 14.0]]
+    assert post.continuous_log_std.tolist() == [[15.0, 16.0]]
+    fixed = ig.split_q_outputs(SPEC, flat[:, :15], "fixed", fixed_std=2.0)
+    np.testing.assert_allclose(np.asarray(fixed.continuous_log_std), [[math.log(2.0)] * 2])
 
 
 def test_gan_losses_are_the_log_formulas():
-  real, fake = jnp.asarray([2.0, -1.0]), jnp.asarray([0.5, -3.0])
-  d = lambda l: 1 / (1 + np.exp(-np.asarray(l)))  # pylint: disable=unnecessary-lambda-assignment
-  expected_d = -np.mean(np.log(d(real))) - np.mean(np.log(1 - d(fake)))
-  assert float(ig.discriminator_gan_loss(real, fake)) == pytest.approx(expected_d, rel=1e-6)
-  assert float(ig.generator_gan_loss(fake)) == pytest.approx(-np.mean(np.log(d(fake))), rel=1e-6)
+    real, fake = jnp.asarray([2.0, -1.0]), jnp.asarray([0.5, -3.0])
+    d = lambda l: 1 / (1 + np.exp(-np.asarray(l)))  # pylint: disable=unnecessary-lambda-assignment
+    expected_d = -np.mean(np.log(d(real))) - np.mean(np.log(1 - d(fake)))
+    assert float(ig.discriminator_gan_loss(real, fake)) == pytest.approx(expected_d, rel=1e-6)
+    assert float(ig.generator_gan_loss(fake)) == pytest.approx(-np.mean(np.log(d(fake))), rel=1e-6)
 
 
 # -- latents and traversals ------------------------------------------------------
 
+
 def test_sampled_latents_follow_the_spec_and_the_generator_input_is_one_hot():
-  spec = ig.LatentSpec(noise_dim=5, categorical_sizes=(10, 3), num_continuous=2, continuous_range=(0.5, 2.0))
-  latents = sample_latents(jax.random.PRNGKey(1), spec, 4000)
-  inputs = np.asarray(jax.jit(ig.generator_input, static_argnums=0)(spec, latents))
-  noise, cat, cont = map(np.asarray, (latents.noise, latents.categorical, latents.continuous))
-  assert noise.shape == (4000, 5) and cat.shape == (4000, 2) and cont.shape == (4000, 2)
-  assert -1 <= noise.min() and noise.max() <= 1 and abs(noise.mean()) < 0.03
-  assert 0.5 <= cont.min() and cont.max() <= 2.0 and abs(cont.mean() - 1.25) < 0.03
-  assert sorted(np.unique(cat[:, 1]).tolist()) == [0, 1, 2]
-  counts = np.bincount(cat[:, 0], minlength=10)
-  assert len(counts) == 10 and counts.min() > 300  # Uniform over 10: 400 each.
-  assert inputs.shape == (4000, spec.input_dim) == (4000, 5 + 10 + 3 + 2)
-  np.testing.assert_array_equal(inputs[:, :5], noise)
-  np.testing.assert_array_equal(np.argmax(inputs[:, 5:15], axis=1), cat[:, 0])
-  np.testing.assert_array_equal(np.argmax(inputs[:, 15:18], axis=1), cat[:, 1])
-  np.testing.assert_array_equal(inputs[:, 5:18].sum(axis=1), 2.0)
-  np.testing.assert_array_equal(inputs[:, 18:], cont)
-  normal = sample_latents(jax.random.PRNGKey(1), ig.LatentSpec(noise_dim=3, noise_distribution="normal",
-                                                               num_continuous=1), 4000)
-  assert np.std(np.asarray(normal.noise)) == pytest.approx(1.0, abs=0.05)
-  assert np.all(np.isfinite(np.asarray(normal.noise)))
+    spec = ig.LatentSpec(
+        noise_dim=5, categorical_sizes=(10, 3), num_continuous=2, continuous_range=(0.5, 2.0)
+    )
+    latents = sample_latents(jax.random.PRNGKey(1), spec, 4000)
+    inputs = np.asarray(jax.jit(ig.generator_input, static_argnums=0)(spec, latents))
+    noise, cat, cont = map(np.asarray, (latents.noise, latents.categorical, latents.continuous))
+    assert noise.shape == (4000, 5) and cat.shape == (4000, 2) and cont.shape == (4000, 2)
+    assert -1 <= noise.min() and noise.max() <= 1 and abs(noise.mean()) < 0.03
+    assert 0.5 <= cont.min() and cont.max() <= 2.0 and abs(cont.mean() - 1.25) < 0.03
+    assert sorted(np.unique(cat[:, 1]).tolist()) == [0, 1, 2]
+    counts = np.bincount(cat[:, 0], minlength=10)
+    assert len(counts) == 10 and counts.min() > 300  # Uniform over 10: 400 each.
+    assert inputs.shape == (4000, spec.input_dim) == (4000, 5 + 10 + 3 + 2)
+    np.testing.assert_array_equal(inputs[:, :5], noise)
+    np.testing.assert_array_equal(np.argmax(inputs[:, 5:15], axis=1), cat[:, 0])
+    np.testing.assert_array_equal(np.argmax(inputs[:, 15:18], axis=1), cat[:, 1])
+    np.testing.assert_array_equal(inputs[:, 5:18].sum(axis=1), 2.0)
+    np.testing.assert_array_equal(inputs[:, 18:], cont)
+    normal = sample_latents(
+        jax.random.PRNGKey(1), ig.LatentSpec(noise_dim=3, noise_distribution="normal", num_continuous=1), 4000
+    )
+    assert np.std(np.asarray(normal.noise)) == pytest.approx(1.0, abs=0.05)
+    assert np.all(np.isfinite(np.asarray(normal.noise)))
 
 
 def test_traversal_rows_are_categories_columns_sweep_one_code_and_noise_is_fixed_per_row():
-  sweep = ig.sweep_values(-2.0, 2.0, 8)
-  np.testing.assert_allclose(sweep[[0, -1]], [-2.0, 2.0])
-  grid = jax.jit(lambda rng, values: ig.traversal_latents(rng, SPEC, continuous_index=1, sweep=values))(
-      jax.random.PRNGKey(0), sweep)
-  rows, cols = 10, 8
-  assert grid.noise.shape == (rows * cols, 5)
-  cat = np.asarray(grid.categorical).reshape(rows, cols, 2)
-  np.testing.assert_array_equal(cat[:, :, 0], np.repeat(np.arange(10)[:, None], cols, axis=1))
-  cont = np.asarray(grid.continuous).reshape(rows, cols, 2)
-  np.testing.assert_allclose(cont[:, :, 1], np.tile(sweep, (rows, 1)))
-  for fixed in (np.asarray(grid.noise).reshape(rows, cols, 5), cont[:, :, :1], cat[:, :, 1:]):
-    np.testing.assert_array_equal(fixed, np.repeat(fixed[:, :1], cols, axis=1))  # Fixed along each row.
-  assert not np.allclose(np.asarray(grid.noise)[0], np.asarray(grid.noise)[cols])  # Rows differ.
-  by_cat = jax.jit(lambda rng: ig.category_latents(rng, SPEC, num_columns=8))(jax.random.PRNGKey(0))
-  np.testing.assert_array_equal(np.asarray(by_cat.categorical[:, 0]).reshape(10, 8),
-                                np.repeat(np.arange(10)[:, None], 8, axis=1))
+    sweep = ig.sweep_values(-2.0, 2.0, 8)
+    np.testing.assert_allclose(sweep[[0, -1]], [-2.0, 2.0])
+    grid = jax.jit(lambda rng, values: ig.traversal_latents(rng, SPEC, continuous_index=1, sweep=values))(
+        jax.random.PRNGKey(0), sweep
+    )
+    rows, cols = 10, 8
+    assert grid.noise.shape == (rows * cols, 5)
+    cat = np.asarray(grid.categorical).reshape(rows, cols, 2)
+    np.testing.assert_array_equal(cat[:, :, 0], np.repeat(np.arange(10)[:, None], cols, axis=1))
+    cont = np.asarray(grid.continuous).reshape(rows, cols, 2)
+    np.testing.assert_allclose(cont[:, :, 1], np.tile(sweep, (rows, 1)))
+    for fixed in (np.asarray(grid.noise).reshape(rows, cols, 5), cont[:, :, :1], cat[:, :, 1:]):
+        np.testing.assert_array_equal(fixed, np.repeat(fixed[:, :1], cols, axis=1))  # Fixed along each row.
+    assert not np.allclose(np.asarray(grid.noise)[0], np.asarray(grid.noise)[cols])  # Rows differ.
+    by_cat = jax.jit(lambda rng: ig.category_latents(rng, SPEC, num_columns=8))(jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(
+        np.asarray(by_cat.categorical[:, 0]).reshape(10, 8), np.repeat(np.arange(10)[:, None], 8, axis=1)
+    )
 
 
 # -- the matched accuracy --------------------------------------------------------
 
+
 def test_matched_accuracy_on_a_hand_built_confusion_matrix():
-  # Greedy (each category to its most frequent label) would give categories 0 and 1
-  # both the label 0; the best one-to-one assignment is 0->1, 1->0, 2->2.
-  confusion = np.array([[50, 45, 0],
-                        [40, 0, 0],
-                        [0, 0, 30]])
-  accuracy, assignment = ig.matched_accuracy(confusion)
-  assert assignment == {0: 1, 1: 0, 2: 2}
-  assert accuracy == pytest.approx((45 + 40 + 30) / 165)  # Against 80/165 for 0->0, 1->1, 2->2.
-  assert ig.purity(confusion) == pytest.approx((50 + 40 + 30) / 165)
-  perfect = np.eye(10)[np.random.RandomState(0).permutation(10)] * 7
-  assert ig.matched_accuracy(perfect)[0] == 1.0
-  # More categories than labels: one category stays unmatched and counts as errors.
-  accuracy, assignment = ig.matched_accuracy(np.array([[5, 0], [0, 5], [3, 0]]))
-  assert accuracy == pytest.approx(10 / 13) and set(assignment) == {0, 1}
+    # Greedy (each category to its most frequent label) would give categories 0 and 1
+    # both the label 0; the best one-to-one assignment is 0->1, 1->0, 2->2.
+    confusion = np.array([[50, 45, 0], [40, 0, 0], [0, 0, 30]])
+    accuracy, assignment = ig.matched_accuracy(confusion)
+    assert assignment == {0: 1, 1: 0, 2: 2}
+    assert accuracy == pytest.approx((45 + 40 + 30) / 165)  # Against 80/165 for 0->0, 1->1, 2->2.
+    assert ig.purity(confusion) == pytest.approx((50 + 40 + 30) / 165)
+    perfect = np.eye(10)[np.random.RandomState(0).permutation(10)] * 7
+    assert ig.matched_accuracy(perfect)[0] == 1.0
+    # More categories than labels: one category stays unmatched and counts as errors.
+    accuracy, assignment = ig.matched_accuracy(np.array([[5, 0], [0, 5], [3, 0]]))
+    assert accuracy == pytest.approx(10 / 13) and set(assignment) == {0, 1}
 
 
 def test_confusion_matrix_counts_with_the_eval_mask():
-  predicted = jnp.asarray([0, 2, 2, 1, 0])
-  labels = jnp.asarray([1, 2, 2, 0, 0])
-  mask = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0])
-  got = jax.jit(ig.confusion_matrix, static_argnums=(2, 3))(predicted, labels, 3, 4, mask)
-  expected = np.zeros((3, 4))
-  for p, y, w in zip(predicted.tolist(), labels.tolist(), mask.tolist()):
-    expected[p, y] += w
-  np.testing.assert_array_equal(np.asarray(got), expected)
+    predicted = jnp.asarray([0, 2, 2, 1, 0])
+    labels = jnp.asarray([1, 2, 2, 0, 0])
+    mask = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0])
+    got = jax.jit(ig.confusion_matrix, static_argnums=(2, 3))(predicted, labels, 3, 4, mask)
+    expected = np.zeros((3, 4))
+    for p, y, w in zip(predicted.tolist(), labels.tolist(), mask.tolist()):
+        expected[p, y] += w
+    np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 # -- the task: gradients, sharding, training end to end ----------------------------
 
+
 def _task_and_batches(config, num_batches):
-  spec = data_lib.get_spec(config.data)
-  task = make_task(config, spec)
-  it = data_lib.make_train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
-  return task, [next(it) for _ in range(num_batches)]
+    spec = data_lib.get_spec(config.data)
+    task = make_task(config, spec)
+    it = data_lib.make_train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
+    return task, [next(it) for _ in range(num_batches)]
 
 
 def test_information_term_reaches_the_generator_through_q(data_dir):
-  task, _ = _task_and_batches(tiny_infogan_config(data_dir), 0)
-  state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
-  latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
-  g_state = state.model_state["generator"]
-  d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+    task, _ = _task_and_batches(tiny_infogan_config(data_dir), 0)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
+    g_state = state.model_state["generator"]
+    d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
 
-  def objective(g_params, weights, gan_weight):
-    """gan_weight * (-E log D(G)) - sum_i weights_i E log Q(c_i | G), written out here."""
-    inputs = ig.generator_input(task.latent_spec, latents)
-    fake, _ = task.generator.apply({"params": g_params, **g_state}, inputs, train=True,
-                                   mutable=["batch_stats"])
-    out, _ = task.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
-    log_liks = ig.code_log_likelihoods(task.latent_spec, task.q_posterior(out["q_outputs"]), latents)
-    return gan_weight * ig.generator_gan_loss(out["d_logits"]) + ig.info_loss(log_liks, weights)
+    def objective(g_params, weights, gan_weight):
+        """gan_weight * (-E log D(G)) - sum_i weights_i E log Q(c_i | G), written out here."""
+        inputs = ig.generator_input(task.latent_spec, latents)
+        fake, _ = task.generator.apply(
+            {"params": g_params, **g_state}, inputs, train=True, mutable=["batch_stats"]
+        )
+        out, _ = task.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
+        log_liks = ig.code_log_likelihoods(task.latent_spec, task.q_posterior(out["q_outputs"]), latents)
+        return gan_weight * ig.generator_gan_loss(out["d_logits"]) + ig.info_loss(log_liks, weights)
 
-  @jax.jit
-  def all_grads(g_params):
-    one_code = {code: jax.grad(objective)(g_params, {n: float(n == code) for n in task.g_weights}, 0.0)
-                for code in ("cat0", "cont0")}
-    task_step = jax.grad(lambda p: task.generator_loss(p, g_state, d_variables, latents)[0])(g_params)
-    with_info = jax.grad(objective)(g_params, task.g_weights, 1.0)
-    gan_only = jax.grad(objective)(g_params, {n: 0.0 for n in task.g_weights}, 1.0)
-    return one_code, task_step, with_info, gan_only
+    @jax.jit
+    def all_grads(g_params):
+        one_code = {
+            code: jax.grad(objective)(g_params, {n: float(n == code) for n in task.g_weights}, 0.0)
+            for code in ("cat0", "cont0")
+        }
+        task_step = jax.grad(lambda p: task.generator_loss(p, g_state, d_variables, latents)[0])(g_params)
+        with_info = jax.grad(objective)(g_params, task.g_weights, 1.0)
+        gan_only = jax.grad(objective)(g_params, {n: 0.0 for n in task.g_weights}, 1.0)
+        return one_code, task_step, with_info, gan_only
 
-  one_code, task_step, with_info, gan_only = jax.device_get(all_grads(state.params["generator"]))
-  for code, grads in one_code.items():
-    norms = {k: float(np.linalg.norm(v["kernel"])) for k, v in grads.items() if "kernel" in v}
-    assert len(norms) == 4  # fc0, fc_base, upconv0, upconv_out.
-    assert all(n > 0 for n in norms.values()), (code, norms)  # Every G layer, down to the first FC.
-  # The task's G step is the GAN loss plus lambda-weighted information term, not the GAN loss alone.
-  chex.assert_trees_all_close(task_step, with_info, rtol=1e-5, atol=1e-7)
-  assert not np.allclose(task_step["fc0"]["kernel"], gan_only["fc0"]["kernel"], rtol=1e-3)
+    one_code, task_step, with_info, gan_only = jax.device_get(all_grads(state.params["generator"]))
+    for code, grads in one_code.items():
+        norms = {k: float(np.linalg.norm(v["kernel"])) for k, v in grads.items() if "kernel" in v}
+        assert len(norms) == 4  # fc0, fc_base, upconv0, upconv_out.
+        assert all(n > 0 for n in norms.values()), (code, norms)  # Every G layer, down to the first FC.
+    # The task's G step is the GAN loss plus lambda-weighted information term, not the GAN loss alone.
+    chex.assert_trees_all_close(task_step, with_info, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(task_step["fc0"]["kernel"], gan_only["fc0"]["kernel"], rtol=1e-3)
 
 
 def test_detached_q_trains_q_but_not_the_trunk(data_dir):
-  config = tiny_infogan_config(data_dir)
-  config.info.lambda_categorical, config.info.lambda_continuous, config.info.detach_q = 0.0, 0.0, True
-  task, (batch,) = _task_and_batches(config, 1)
-  state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
-  latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
-  fake = jax.jit(task.generate)(state, latents)
+    config = tiny_infogan_config(data_dir)
+    config.info.lambda_categorical, config.info.lambda_continuous, config.info.detach_q = 0.0, 0.0, True
+    task, (batch,) = _task_and_batches(config, 1)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
+    fake = jax.jit(task.generate)(state, latents)
 
-  @jax.jit
-  @jax.grad
-  def q_loss_grads(d_params):
-    return task.discriminator_loss(d_params, state.model_state["discriminator"], batch["image"], fake,
-                                   latents)[1][1]["q_loss"]
+    @jax.jit
+    @jax.grad
+    def q_loss_grads(d_params):
+        return task.discriminator_loss(
+            d_params, state.model_state["discriminator"], batch["image"], fake, latents
+        )[1][1]["q_loss"]
 
-  grads = jax.device_get(q_loss_grads(state.params["discriminator"]))
-  for head in ("q_fc", "q_out"):
-    assert float(np.abs(grads[head]["kernel"]).sum()) > 0, head
-  for trunk in ("conv0", "conv1", "fc0", "d_out"):
-    assert float(np.abs(grads[trunk]["kernel"]).sum()) == 0, trunk
-  # Q is fit with weight 1 per code; the generator gets no information gradient (lambda = 0).
-  assert task.q_weights == {name: 1.0 for name in task.latent_spec.code_names()}
-  assert all(w == 0 for w in task.g_weights.values())
+    grads = jax.device_get(q_loss_grads(state.params["discriminator"]))
+    for head in ("q_fc", "q_out"):
+        assert float(np.abs(grads[head]["kernel"]).sum()) > 0, head
+    for trunk in ("conv0", "conv1", "fc0", "d_out"):
+        assert float(np.abs(grads[trunk]["kernel"]).sum()) == 0, trunk
+    # Q is fit with weight 1 per code; the generator gets no information gradient (lambda = 0).
+    assert task.q_weights == {name: 1.0 for name in task.latent_spec.code_names()}
+    assert all(w == 0 for w in task.g_weights.values())
 
 
 def test_sharded_step_equals_single_device_step(data_dir):
-  assert jax.device_count() == 8, "conftest.py forces 8 CPU devices"
-  config = tiny_infogan_config(data_dir)
-  task, batches = _task_and_batches(config, 2)
-  eval_batch = next(iter(data_lib.make_eval_batches(config.data, global_batch_size=64)))
-  one = run_steps(task, mesh_lib.make_mesh(1), batches, eval_batch)
-  eight = run_steps(task, mesh_lib.make_mesh(8), batches, eval_batch)
-  # BatchNorm statistics over the global batch: the 8-way split computes the same
-  # update up to float32 summation order (measured: at most 4e-4 of a leaf's scale;
-  # per-device statistics over 2 examples would differ at order 1).
-  for path, a, b in zip(*[[p for p, _ in jax.tree_util.tree_leaves_with_path(one)]],
-                        jax.tree.leaves(eight), jax.tree.leaves(one)):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert np.max(np.abs(a - b)) <= 2e-3 * np.max(np.abs(b)) + 1e-7, jax.tree_util.keystr(path)
-  assert int(eight[0].step) == 2
+    assert jax.device_count() == 8, "conftest.py forces 8 CPU devices"
+    config = tiny_infogan_config(data_dir)
+    task, batches = _task_and_batches(config, 2)
+    eval_batch = next(iter(data_lib.make_eval_batches(config.data, global_batch_size=64)))
+    one = run_steps(task, mesh_lib.make_mesh(1), batches, eval_batch)
+    eight = run_steps(task, mesh_lib.make_mesh(8), batches, eval_batch)
+    # BatchNorm statistics over the global batch: the 8-way split computes the same
+    # update up to float32 summation order (measured: at most 4e-4 of a leaf's scale;
+    # per-device statistics over 2 examples would differ at order 1).
+    for path, a, b in zip(
+        *[[p for p, _ in jax.tree_util.tree_leaves_with_path(one)]],
+        jax.tree.leaves(eight),
+        jax.tree.leaves(one),
+    ):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.max(np.abs(a - b)) <= 2e-3 * np.max(np.abs(b)) + 1e-7, jax.tree_util.keystr(path)
+    assert int(eight[0].step) == 2
 
 
 def test_train_eval_and_traverse_end_to_end(tmp_path, data_dir):
-  config = tiny_infogan_config(data_dir)
-  workdir = str(tmp_path / "wd")
-  state = loop.train_and_evaluate(config, workdir)
-  assert int(state.step) == 4
-  with open(os.path.join(workdir, "eval", "latest.json")) as f:
-    metrics = json.load(f)
-  assert metrics["num_examples"] == 300
-  assert 0.1 <= metrics["cat0_accuracy"] <= 1
-  assert metrics["cat0_error"] == pytest.approx(1 - metrics["cat0_accuracy"])
-  assert metrics["cat0_entropy"] == pytest.approx(math.log(10))
-  assert metrics["cat0_mi_lower_bound"] <= math.log(10)
-  assert np.sum(metrics["cat0_confusion"]) == 300 and len(metrics["cat0_assignment"]) == 10
-  for name in ("samples_by_cat0", "traversal_cont0", "traversal_cont1"):
-    assert os.path.getsize(os.path.join(workdir, "images", f"{name}.png")) > 100
-  # --mode=traverse: 10 columns from -2 to 2, rows = the 10 categories, 8x8 digits upscaled 8x.
-  paths = main_lib.run(config, workdir, "traverse")
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  width, height = Image.open(paths["traversal_cont0"]).size
-  assert (width, height) == (10 * 65 + 1, 10 * 65 + 1)
+    config = tiny_infogan_config(data_dir)
+    workdir = str(tmp_path / "wd")
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == 4
+    with open(os.path.join(workdir, "eval", "latest.json")) as f:
+        metrics = json.load(f)
+    assert metrics["num_examples"] == 300
+    assert 0.1 <= metrics["cat0_accuracy"] <= 1
+    assert metrics["cat0_error"] == pytest.approx(1 - metrics["cat0_accuracy"])
+    assert metrics["cat0_entropy"] == pytest.approx(math.log(10))
+    assert metrics["cat0_mi_lower_bound"] <= math.log(10)
+    assert np.sum(metrics["cat0_confusion"]) == 300 and len(metrics["cat0_assignment"]) == 10
+    for name in ("samples_by_cat0", "traversal_cont0", "traversal_cont1"):
+        assert os.path.getsize(os.path.join(workdir, "images", f"{name}.png")) > 100
+    # --mode=traverse: 10 columns from -2 to 2, rows = the 10 categories, 8x8 digits upscaled 8x.
+    paths = main_lib.run(config, workdir, "traverse")
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+
+    width, height = Image.open(paths["traversal_cont0"]).size
+    assert (width, height) == (10 * 65 + 1, 10 * 65 + 1)
 
 
 def test_mnist_configs_have_the_papers_hyperparameters():
-  config = load_config("infogan", "mnist")
-  latent = config.model.latent
-  assert (latent.noise_dim, tuple(latent.categorical_sizes), latent.num_continuous) == (62, (10,), 2)
-  assert tuple(latent.continuous_range) == (-1.0, 1.0) and config.batch_size == 128
-  g, d = config.model.generator, config.model.discriminator
-  assert (tuple(g.fc_features), tuple(g.base_shape), tuple(g.upconv_features)) == ((1024,), (7, 7, 128), (64,))
-  assert (tuple(d.conv_features), tuple(d.fc_features), d.leaky_slope) == ((64, 128), (1024,), 0.1)
-  assert config.model.q.hidden == 128
-  # The released code's continuous codes: Q's Gaussian has std 1, lambda 1 (launchers/run_mnist_exp.py).
-  assert (config.model.q.continuous_std, config.model.q.fixed_std, config.info.lambda_continuous) == (
-      "fixed", 1.0, 1.0)
-  opt = config.optimizer
-  assert (opt.discriminator.learning_rate, opt.generator.learning_rate) == (2e-4, 1e-3)
-  assert opt.discriminator.b1 == opt.generator.b1 == 0.5
-  assert config.info.lambda_categorical == 1.0 and not config.info.detach_q
-  control = load_config("infogan", "mnist_gan")
-  info = control.info
-  assert (info.lambda_categorical, info.lambda_continuous, info.detach_q) == (0.0, 0.0, True)
-  assert control.model.to_dict() == config.model.to_dict()  # Same networks and codes.
-  celeba = load_config("infogan", "celeba")
-  assert tuple(celeba.model.latent.categorical_sizes) == (10,) * 10 and celeba.data.image_size == 32
+    config = load_config("infogan", "mnist")
+    latent = config.model.latent
+    assert (latent.noise_dim, tuple(latent.categorical_sizes), latent.num_continuous) == (62, (10,), 2)
+    assert tuple(latent.continuous_range) == (-1.0, 1.0) and config.batch_size == 128
+    g, d = config.model.generator, config.model.discriminator
+    assert (tuple(g.fc_features), tuple(g.base_shape), tuple(g.upconv_features)) == (
+        (1024,),
+        (7, 7, 128),
+        (64,),
+    )
+    assert (tuple(d.conv_features), tuple(d.fc_features), d.leaky_slope) == ((64, 128), (1024,), 0.1)
+    assert config.model.q.hidden == 128
+    # The released code's continuous codes: Q's Gaussian has std 1, lambda 1 (launchers/run_mnist_exp.py).
+    assert (config.model.q.continuous_std, config.model.q.fixed_std, config.info.lambda_continuous) == (
+        "fixed",
+        1.0,
+        1.0,
+    )
+    opt = config.optimizer
+    assert (opt.discriminator.learning_rate, opt.generator.learning_rate) == (2e-4, 1e-3)
+    assert opt.discriminator.b1 == opt.generator.b1 == 0.5
+    assert config.info.lambda_categorical == 1.0 and not config.info.detach_q
+    control = load_config("infogan", "mnist_gan")
+    info = control.info
+    assert (info.lambda_categorical, info.lambda_continuous, info.detach_q) == (0.0, 0.0, True)
+    assert control.model.to_dict() == config.model.to_dict()  # Same networks and codes.
+    celeba = load_config("infogan", "celeba")
+    assert tuple(celeba.model.latent.categorical_sizes) == (10,) * 10 and celeba.data.image_size == 32
 
 
 # -- bad input -----------------------------------------------------------------
 
-@pytest.mark.parametrize("field,value,error,message", [
-    ("categorical_sizes", (10, 1), ig.LatentSpecError, r"categorical_sizes\[1\]=1: a categorical code needs"),
-    ("continuous_range", (1.0, 1.0), ig.LatentSpecError, r"continuous_range=\(1.0, 1.0\) is empty"),
-    ("continuous_range", (1.0, -1.0), ig.LatentSpecError, r"continuous_range=\(1.0, -1.0\) is empty"),
-    ("noise_distribution", "cauchy", ig.LatentSpecError, r"noise_distribution='cauchy'"),
-])
+
+@pytest.mark.parametrize(
+    "field,value,error,message",
+    [
+        (
+            "categorical_sizes",
+            (10, 1),
+            ig.LatentSpecError,
+            r"categorical_sizes\[1\]=1: a categorical code needs",
+        ),
+        ("continuous_range", (1.0, 1.0), ig.LatentSpecError, r"continuous_range=\(1.0, 1.0\) is empty"),
+        ("continuous_range", (1.0, -1.0), ig.LatentSpecError, r"continuous_range=\(1.0, -1.0\) is empty"),
+        ("noise_distribution", "cauchy", ig.LatentSpecError, r"noise_distribution='cauchy'"),
+    ],
+)
 def test_bad_latent_specs_are_clear_errors(tmp_path, data_dir, field, value, error, message):
-  config = tiny_infogan_config(data_dir)
-  config.model.latent[field] = value
-  with pytest.raises(error, match=message):
-    loop.train_and_evaluate(config, str(tmp_path))
-  assert not (tmp_path / "checkpoints").exists()
+    config = tiny_infogan_config(data_dir)
+    config.model.latent[field] = value
+    with pytest.raises(error, match=message):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_spec_without_codes_is_refused_where_codes_are_needed(tmp_path, data_dir):
-  config = tiny_infogan_config(data_dir)
-  config.model.latent.categorical_sizes, config.model.latent.num_continuous = (), 0
-  with pytest.raises(ig.LatentSpecError, match=r"has no codes .* InfoGAN .* needs at least one"):
-    loop.train_and_evaluate(config, str(tmp_path))
-  # A traversal needs a continuous code.
-  categorical_only = ig.LatentSpec(noise_dim=4, categorical_sizes=(10,))
-  with pytest.raises(ig.LatentSpecError, match=r"needs 1 continuous code\(s\) but .*num_continuous=0"):
-    ig.traversal_latents(jax.random.PRNGKey(0), categorical_only, 0, ig.sweep_values())
-  with pytest.raises(ig.LatentSpecError, match=r"needs 1 categorical code\(s\)"):
-    ig.category_latents(jax.random.PRNGKey(0), ig.LatentSpec(noise_dim=4, num_continuous=1), 8)
-  config.model.latent.categorical_sizes = (10,)
-  with pytest.raises(ig.LatentSpecError, match=r"--mode=traverse needs 1 continuous code"):
-    main_lib.run(config, str(tmp_path / "cat_only"), "traverse")
+    config = tiny_infogan_config(data_dir)
+    config.model.latent.categorical_sizes, config.model.latent.num_continuous = (), 0
+    with pytest.raises(ig.LatentSpecError, match=r"has no codes .* InfoGAN .* needs at least one"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    # A traversal needs a continuous code.
+    categorical_only = ig.LatentSpec(noise_dim=4, categorical_sizes=(10,))
+    with pytest.raises(ig.LatentSpecError, match=r"needs 1 continuous code\(s\) but .*num_continuous=0"):
+        ig.traversal_latents(jax.random.PRNGKey(0), categorical_only, 0, ig.sweep_values())
+    with pytest.raises(ig.LatentSpecError, match=r"needs 1 categorical code\(s\)"):
+        ig.category_latents(jax.random.PRNGKey(0), ig.LatentSpec(noise_dim=4, num_continuous=1), 8)
+    config.model.latent.categorical_sizes = (10,)
+    with pytest.raises(ig.LatentSpecError, match=r"--mode=traverse needs 1 continuous code"):
+        main_lib.run(config, str(tmp_path / "cat_only"), "traverse")
 
 
-@pytest.mark.parametrize("updates,message", [
-    ({"info.lambda_continuous": 0.0}, r"lambda_continuous=0 with info.detach_q=False leaves Q untrained"),
-    ({"info.lambda_categorical": -1.0}, r"info.lambda_categorical=-1.0 must be >= 0"),
-    ({"model.q.continuous_std": "learnt"}, r"Unknown model.q.continuous_std='learnt'"),
-    ({"model.generator.base_shape": (3, 3, 16)}, r"generator makes 12x12 images .* data is 8x8"),
-    ({"model.discriminator.conv_features": (8, 8, 8, 8)}, r"do not divide the 8x8 images"),
-])
+@pytest.mark.parametrize(
+    "updates,message",
+    [
+        ({"info.lambda_continuous": 0.0}, r"lambda_continuous=0 with info.detach_q=False leaves Q untrained"),
+        ({"info.lambda_categorical": -1.0}, r"info.lambda_categorical=-1.0 must be >= 0"),
+        ({"model.q.continuous_std": "learnt"}, r"Unknown model.q.continuous_std='learnt'"),
+        ({"model.generator.base_shape": (3, 3, 16)}, r"generator makes 12x12 images .* data is 8x8"),
+        ({"model.discriminator.conv_features": (8, 8, 8, 8)}, r"do not divide the 8x8 images"),
+    ],
+)
 def test_bad_model_configs_are_clear_errors(tmp_path, data_dir, updates, message):
-  config = tiny_infogan_config(data_dir)
-  for dotted, value in updates.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  with pytest.raises(ValueError, match=message):
-    loop.train_and_evaluate(config, str(tmp_path))
+    config = tiny_infogan_config(data_dir)
+    for dotted, value in updates.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(config, str(tmp_path))

@@ -11,23 +11,16 @@ and decode sampled codes with the task's `decode_codes(state, codes)`. The
 on-disk format is described in `layout`, the provenance record in `provenance`.
 """
 
-from vqlatent.codes.extract import default_config
-from vqlatent.codes.extract import extract_codes
-from vqlatent.codes.extract import extract_codes_mode
-from vqlatent.codes.interface import as_code_model
-from vqlatent.codes.interface import check_codes
-from vqlatent.codes.interface import CodeModel
-from vqlatent.codes.interface import infer_code_levels
-from vqlatent.codes.layout import CodeShapeError
-from vqlatent.codes.layout import CodesError
-from vqlatent.codes.layout import IncompleteCodesError
-from vqlatent.codes.layout import LevelSpec
-from vqlatent.codes.layout import ProvenanceMismatchError
-from vqlatent.codes.reader import CodesSplit
-from vqlatent.codes.reader import load_codes
-from vqlatent.codes.reader import load_levels
-from vqlatent.codes.reader import load_manifest
-from vqlatent.codes.reader import load_provenance
+from vqlatent.codes.extract import default_config, extract_codes, extract_codes_mode
+from vqlatent.codes.interface import CodeModel, as_code_model, check_codes, infer_code_levels
+from vqlatent.codes.layout import (
+    CodesError,
+    CodeShapeError,
+    IncompleteCodesError,
+    LevelSpec,
+    ProvenanceMismatchError,
+)
+from vqlatent.codes.reader import CodesSplit, load_codes, load_levels, load_manifest, load_provenance
 
 __all__ = [
     "as_code_model",

@@ -13,7 +13,8 @@ prior).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import jax
 import numpy as np
@@ -22,67 +23,78 @@ from vqlatent.codes import layout
 
 
 class CodeModel(Protocol):
-  code_levels: Mapping[str, layout.LevelSpec]
+    code_levels: Mapping[str, layout.LevelSpec]
 
-  def encode_codes(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
-    ...
+    def encode_codes(self, state: Any, images: jax.Array) -> dict[str, jax.Array]: ...
 
-  def decode_codes(self, state: Any, codes: Mapping[str, jax.Array]) -> jax.Array:
-    ...
+    def decode_codes(self, state: Any, codes: Mapping[str, jax.Array]) -> jax.Array: ...
 
 
-def infer_code_levels(task: Any, encode_codes: Callable[[Any, jax.Array], Mapping[str, jax.Array]],
-                      num_codes: Mapping[str, int]) -> dict[str, layout.LevelSpec]:
-  """Level shapes from `jax.eval_shape` of the encoder on the task's dummy batch (no compute)."""
-  batch = task.dummy_batch(1)
-  state = jax.eval_shape(task.init_state, jax.random.PRNGKey(0), batch)
-  shapes = jax.eval_shape(encode_codes, state, batch["image"])
-  return {name: layout.LevelSpec(tuple(int(d) for d in shapes[name].shape[1:]), int(num_codes[name]))
-          for name in num_codes}
+def infer_code_levels(
+    task: Any, encode_codes: Callable[[Any, jax.Array], Mapping[str, jax.Array]], num_codes: Mapping[str, int]
+) -> dict[str, layout.LevelSpec]:
+    """Level shapes from `jax.eval_shape` of the encoder on the task's dummy batch (no compute)."""
+    batch = task.dummy_batch(1)
+    state = jax.eval_shape(task.init_state, jax.random.PRNGKey(0), batch)
+    shapes = jax.eval_shape(encode_codes, state, batch["image"])
+    return {
+        name: layout.LevelSpec(tuple(int(d) for d in shapes[name].shape[1:]), int(num_codes[name]))
+        for name in num_codes
+    }
 
 
-def check_codes(codes: Mapping[str, Any], levels: Mapping[str, layout.LevelSpec],
-                what: str = "the model") -> None:
-  """`CodeShapeError` unless `codes` has exactly the levels of `levels` with their shapes."""
-  if set(codes) != set(levels):
-    raise layout.CodeShapeError(f"Codes for levels {sorted(codes)} given, but {what} has levels "
-                                f"{list(levels)} ({layout.describe_levels(levels)}).")
-  for name, spec in levels.items():
-    shape = tuple(np.shape(codes[name]))
-    if shape[1:] != spec.shape:
-      raise layout.CodeShapeError(
-          f"Level {name!r}: code maps of shape {shape[1:]} (batch shape {shape}), but {what} "
-          f"expects {spec.shape} ({layout.describe_levels(levels)}): these codes come from another "
-          f"model or image size.")
+def check_codes(
+    codes: Mapping[str, Any], levels: Mapping[str, layout.LevelSpec], what: str = "the model"
+) -> None:
+    """`CodeShapeError` unless `codes` has exactly the levels of `levels` with their shapes."""
+    if set(codes) != set(levels):
+        raise layout.CodeShapeError(
+            f"Codes for levels {sorted(codes)} given, but {what} has levels "
+            f"{list(levels)} ({layout.describe_levels(levels)})."
+        )
+    for name, spec in levels.items():
+        shape = tuple(np.shape(codes[name]))
+        if shape[1:] != spec.shape:
+            raise layout.CodeShapeError(
+                f"Level {name!r}: code maps of shape {shape[1:]} (batch shape {shape}), but {what} "
+                f"expects {spec.shape} ({layout.describe_levels(levels)}): these codes come from another "
+                f"model or image size."
+            )
 
 
 class SingleLevelCodes:
-  """`CodeModel` view of a one-level VQ-VAE task (`vqlatent.trainers.vqvae.Task`)."""
+    """`CodeModel` view of a one-level VQ-VAE task (`vqlatent.trainers.vqvae.Task`)."""
 
-  LEVEL = "top"
+    LEVEL = "top"
 
-  def __init__(self, task: Any):
-    self.task = task
-    self.code_levels = infer_code_levels(task, self.encode_codes, {self.LEVEL: task.num_codes})
+    def __init__(self, task: Any):
+        self.task = task
+        self.code_levels = infer_code_levels(task, self.encode_codes, {self.LEVEL: task.num_codes})
 
-  def _variables(self, state: Any) -> dict[str, Any]:
-    return {"params": state.params, **state.model_state}
+    def _variables(self, state: Any) -> dict[str, Any]:
+        return {"params": state.params, **state.model_state}
 
-  def encode_codes(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
-    outputs = self.task.model.apply(self._variables(state), images, train=False)
-    return {self.LEVEL: outputs["vq"]["encoding_indices"]}
+    def encode_codes(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
+        outputs = self.task.model.apply(self._variables(state), images, train=False)
+        return {self.LEVEL: outputs["vq"]["encoding_indices"]}
 
-  def decode_codes(self, state: Any, codes: Mapping[str, jax.Array]) -> jax.Array:
-    check_codes(codes, self.code_levels)
-    return self.task.model.apply(self._variables(state), codes[self.LEVEL], method="decode_codes")
+    def decode_codes(self, state: Any, codes: Mapping[str, jax.Array]) -> jax.Array:
+        check_codes(codes, self.code_levels)
+        return self.task.model.apply(self._variables(state), codes[self.LEVEL], method="decode_codes")
 
 
 def as_code_model(task: Any) -> CodeModel:
-  """The task itself if it implements `CodeModel`, an adapter for the one-level VQ-VAE, or an error."""
-  if all(hasattr(task, a) for a in ("code_levels", "encode_codes", "decode_codes")):
-    return task
-  model = getattr(task, "model", None)
-  if model is not None and hasattr(model, "decode_codes") and isinstance(getattr(task, "num_codes", None), int):
-    return SingleLevelCodes(task)
-  raise TypeError(f"{type(task).__module__}.{type(task).__name__} has no code maps to extract: a "
-                  f"task needs code_levels, encode_codes and decode_codes (see vqlatent.codes.interface).")
+    """The task itself if it implements `CodeModel`, an adapter for the one-level VQ-VAE, or an error."""
+    if all(hasattr(task, a) for a in ("code_levels", "encode_codes", "decode_codes")):
+        return task
+    model = getattr(task, "model", None)
+    if (
+        model is not None
+        and hasattr(model, "decode_codes")
+        and isinstance(getattr(task, "num_codes", None), int)
+    ):
+        return SingleLevelCodes(task)
+    raise TypeError(
+        f"{type(task).__module__}.{type(task).__name__} has no code maps to extract: a "
+        f"task needs code_levels, encode_codes and decode_codes (see vqlatent.codes.interface)."
+    )

@@ -15,71 +15,68 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
-from absl import app
-from absl import flags
 import tensorflow_datasets as tfds
+from absl import app, flags
 
 from vqlatent.data import builders as project_builders
 from vqlatent.data import pipeline
 
 _DATASET = flags.DEFINE_string(
-    'dataset', None, 'TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.',
-    required=True)
+    "dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.", required=True
+)
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', None, 'TFDS data dir (default: TFDS_DATA_DIR or '
-    '~/tensorflow_datasets).')
+    "data_dir", None, "TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets)."
+)
 _MANUAL_DIR = flags.DEFINE_string(
-    'manual_dir', None, 'Directory with manually downloaded files (mnist_idx, '
-    'imagenet2012, ...).')
+    "manual_dir", None, "Directory with manually downloaded files (mnist_idx, imagenet2012, ...)."
+)
 
-TF_HINT = ("Preparing TFDS catalog datasets needs TensorFlow: "
-           "pip install 'vqlatent[prepare]'")
+TF_HINT = "Preparing TFDS catalog datasets needs TensorFlow: pip install 'vqlatent[prepare]'"
 
 
-def prepare(name: str, data_dir: str | None = None,
-            manual_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Prepares `name` in `data_dir` as array_record; returns the builder.
+def prepare(
+    name: str, data_dir: str | None = None, manual_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """Prepares `name` in `data_dir` as array_record; returns the builder.
 
-  Args:
-    name: TFDS dataset name (project builder or catalog).
-    data_dir: TFDS data dir, None for the TFDS default.
-    manual_dir: manual download dir, if the dataset needs one.
+    Args:
+      name: TFDS dataset name (project builder or catalog).
+      data_dir: TFDS data dir, None for the TFDS default.
+      manual_dir: manual download dir, if the dataset needs one.
 
-  Raises:
-    pipeline.UnknownDatasetError: unknown name.
-    pipeline.ManualDirError: mnist_idx without its files in manual_dir.
-    pipeline.DataError: catalog dataset without TensorFlow installed.
-  """
-  if pipeline.base_name(name) in project_builders.PROJECT_BUILDERS:
-    return pipeline.prepare_project_builder(name, data_dir, manual_dir)
-  builder = pipeline.make_builder(name, data_dir)
-  if pipeline.is_prepared(builder):
-    return builder
-  if importlib.util.find_spec('tensorflow') is None:
-    raise pipeline.DataError(f'Cannot prepare {name!r}: TensorFlow is not '
-                             f'installed. {TF_HINT}.')
-  builder.download_and_prepare(
-      file_format='array_record',
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
-  )
-  return pipeline.make_builder(name, data_dir)
+    Raises:
+      pipeline.UnknownDatasetError: unknown name.
+      pipeline.ManualDirError: mnist_idx without its files in manual_dir.
+      pipeline.DataError: catalog dataset without TensorFlow installed.
+    """
+    if pipeline.base_name(name) in project_builders.PROJECT_BUILDERS:
+        return pipeline.prepare_project_builder(name, data_dir, manual_dir)
+    builder = pipeline.make_builder(name, data_dir)
+    if pipeline.is_prepared(builder):
+        return builder
+    if importlib.util.find_spec("tensorflow") is None:
+        raise pipeline.DataError(f"Cannot prepare {name!r}: TensorFlow is not installed. {TF_HINT}.")
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+    )
+    return pipeline.make_builder(name, data_dir)
 
 
 def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  try:
-    builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
-  except pipeline.DataError as e:
-    raise SystemExit(f'Error: {e}') from e
-  info = builder.info
-  print(f'Prepared {info.full_name} ({info.file_format.value}) in '
-        f'{os.fspath(builder.data_dir)}')
-  for split_name, split in info.splits.items():
-    print(f'  {split_name}: {split.num_examples} examples')
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
+    except pipeline.DataError as e:
+        raise SystemExit(f"Error: {e}") from e
+    info = builder.info
+    print(f"Prepared {info.full_name} ({info.file_format.value}) in {os.fspath(builder.data_dir)}")
+    for split_name, split in info.splits.items():
+        print(f"  {split_name}: {split.num_examples} examples")
 
 
-if __name__ == '__main__':
-  app.run(main)
+if __name__ == "__main__":
+    app.run(main)

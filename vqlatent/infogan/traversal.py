@@ -20,57 +20,65 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlatent.infogan.latents import LatentSpec, Latents, LatentSpecError, require_codes, sample_latents
+from vqlatent.infogan.latents import Latents, LatentSpec, LatentSpecError, require_codes, sample_latents
 
 
 def sweep_values(low: float = -2.0, high: float = 2.0, num_values: int = 10) -> np.ndarray:
-  """`num_values` evenly spaced values from `low` to `high` (both included)."""
-  if num_values < 2:
-    raise LatentSpecError(f"A traversal needs at least 2 values, got num_values={num_values}.")
-  if not low < high:
-    raise LatentSpecError(f"The traversal range ({low}, {high}) is empty: need low < high.")
-  return np.linspace(low, high, num_values, dtype=np.float32)
+    """`num_values` evenly spaced values from `low` to `high` (both included)."""
+    if num_values < 2:
+        raise LatentSpecError(f"A traversal needs at least 2 values, got num_values={num_values}.")
+    if not low < high:
+        raise LatentSpecError(f"The traversal range ({low}, {high}) is empty: need low < high.")
+    return np.linspace(low, high, num_values, dtype=np.float32)
 
 
 def _rows(rng: jax.Array, spec: LatentSpec, row_code: int, num_rows: int | None) -> tuple[Latents, int]:
-  """One latent draw per row; row r gets category r of `row_code` if there is one."""
-  if spec.num_categorical:
-    if not 0 <= row_code < spec.num_categorical:
-      raise LatentSpecError(f"traversal row code {row_code} does not exist: the spec has "
-                            f"{spec.num_categorical} categorical code(s).")
-    num_rows = spec.categorical_sizes[row_code]
-  elif num_rows is None:
-    num_rows = 8
-  rows = sample_latents(rng, spec, num_rows)
-  if spec.num_categorical:
-    categories = jnp.arange(num_rows, dtype=jnp.int32)
-    rows = rows.replace(categorical=rows.categorical.at[:, row_code].set(categories))
-  return rows, num_rows
+    """One latent draw per row; row r gets category r of `row_code` if there is one."""
+    if spec.num_categorical:
+        if not 0 <= row_code < spec.num_categorical:
+            raise LatentSpecError(
+                f"traversal row code {row_code} does not exist: the spec has "
+                f"{spec.num_categorical} categorical code(s)."
+            )
+        num_rows = spec.categorical_sizes[row_code]
+    elif num_rows is None:
+        num_rows = 8
+    rows = sample_latents(rng, spec, num_rows)
+    if spec.num_categorical:
+        categories = jnp.arange(num_rows, dtype=jnp.int32)
+        rows = rows.replace(categorical=rows.categorical.at[:, row_code].set(categories))
+    return rows, num_rows
 
 
 def _repeat_rows(latents: Latents, times: int) -> Latents:
-  return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), latents)
+    return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), latents)
 
 
-def traversal_latents(rng: jax.Array, spec: LatentSpec, continuous_index: int, sweep: np.ndarray,
-                      row_code: int = 0, num_rows: int | None = None) -> Latents:
-  """(rows * len(sweep)) latents: continuous code `continuous_index` swept along each row.
+def traversal_latents(
+    rng: jax.Array,
+    spec: LatentSpec,
+    continuous_index: int,
+    sweep: np.ndarray,
+    row_code: int = 0,
+    num_rows: int | None = None,
+) -> Latents:
+    """(rows * len(sweep)) latents: continuous code `continuous_index` swept along each row.
 
-  Rows are the categories of categorical code `row_code` (or `num_rows` random
-  draws, default 8, if the spec has no categorical code).
-  """
-  require_codes(spec, continuous=continuous_index + 1, purpose="A continuous-code traversal")
-  rows, num_rows = _rows(rng, spec, row_code, num_rows)
-  cols = len(sweep)
-  grid = _repeat_rows(rows, cols)
-  values = jnp.tile(jnp.asarray(sweep, jnp.float32), num_rows)
-  return grid.replace(continuous=grid.continuous.at[:, continuous_index].set(values))
+    Rows are the categories of categorical code `row_code` (or `num_rows` random
+    draws, default 8, if the spec has no categorical code).
+    """
+    require_codes(spec, continuous=continuous_index + 1, purpose="A continuous-code traversal")
+    rows, num_rows = _rows(rng, spec, row_code, num_rows)
+    cols = len(sweep)
+    grid = _repeat_rows(rows, cols)
+    values = jnp.tile(jnp.asarray(sweep, jnp.float32), num_rows)
+    return grid.replace(continuous=grid.continuous.at[:, continuous_index].set(values))
 
 
 def category_latents(rng: jax.Array, spec: LatentSpec, num_columns: int, code: int = 0) -> Latents:
-  """(K * num_columns) latents: row k has category k of code `code`, each column a new draw."""
-  require_codes(spec, categorical=code + 1, purpose="A grid of samples per category")
-  k = spec.categorical_sizes[code]
-  latents = sample_latents(rng, spec, k * num_columns)
-  categories = jnp.repeat(jnp.arange(k, dtype=jnp.int32), num_columns)
-  return latents.replace(categorical=latents.categorical.at[:, code].set(categories))
+    """(K * num_columns) latents: row k has category k of code `code`, each column a new draw."""
+    require_codes(spec, categorical=code + 1, purpose="A grid of samples per category")
+    k = spec.categorical_sizes[code]
+    latents = sample_latents(rng, spec, k * num_columns)
+    categories = jnp.repeat(jnp.arange(k, dtype=jnp.int32), num_columns)
+    return latents.replace(categorical=latents.categorical.at[:, code].set(categories))

@@ -36,7 +36,8 @@ Kernels are initialised N(0, 0.02^2) as in DCGAN and the paper's code
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -53,122 +54,149 @@ DEFAULT_KERNEL_INIT = nn.initializers.normal(0.02)
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BATCH_NORM_MOMENTUM,
-                      epsilon=BATCH_NORM_EPSILON, dtype=dtype, name=name)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BATCH_NORM_MOMENTUM,
+        epsilon=BATCH_NORM_EPSILON,
+        dtype=dtype,
+        name=name,
+    )
 
 
-def check_generator_shape(image_shape: Sequence[int], base_shape: Sequence[int],
-                          num_upconvs: int) -> None:
-  """Raises if FC-to-`base_shape` then `num_upconvs + 1` stride-2 upconvs misses the image size."""
-  if len(base_shape) != 3 or min(base_shape) < 1:
-    raise ValueError(f"model.generator.base_shape={tuple(base_shape)!r} must be (height, width, channels).")
-  factor = 2 ** (num_upconvs + 1)
-  produced = (base_shape[0] * factor, base_shape[1] * factor)
-  if produced != tuple(image_shape[:2]):
-    raise ValueError(
-        f"The generator makes {produced[0]}x{produced[1]} images (model.generator.base_shape="
-        f"{tuple(base_shape)} upsampled {num_upconvs + 1} times by 2: len(upconv_features)+1) but the "
-        f"data is {image_shape[0]}x{image_shape[1]}: change base_shape or upconv_features, or resize "
-        f"the data with --config.data.image_size.")
+def check_generator_shape(image_shape: Sequence[int], base_shape: Sequence[int], num_upconvs: int) -> None:
+    """Raises if FC-to-`base_shape` then `num_upconvs + 1` stride-2 upconvs misses the image size."""
+    if len(base_shape) != 3 or min(base_shape) < 1:
+        raise ValueError(
+            f"model.generator.base_shape={tuple(base_shape)!r} must be (height, width, channels)."
+        )
+    factor = 2 ** (num_upconvs + 1)
+    produced = (base_shape[0] * factor, base_shape[1] * factor)
+    if produced != tuple(image_shape[:2]):
+        raise ValueError(
+            f"The generator makes {produced[0]}x{produced[1]} images (model.generator.base_shape="
+            f"{tuple(base_shape)} upsampled {num_upconvs + 1} times by 2: len(upconv_features)+1) but the "
+            f"data is {image_shape[0]}x{image_shape[1]}: change base_shape or upconv_features, or resize "
+            f"the data with --config.data.image_size."
+        )
 
 
 def check_discriminator_shape(image_shape: Sequence[int], num_convs: int) -> None:
-  factor = 2 ** num_convs
-  if num_convs < 1 or image_shape[0] % factor or image_shape[1] % factor:
-    raise ValueError(
-        f"model.discriminator.conv_features has {num_convs} stride-2 convolutions, which do not "
-        f"divide the {image_shape[0]}x{image_shape[1]} images evenly (need at least one, and 2**{num_convs} "
-        f"dividing both sides).")
+    factor = 2**num_convs
+    if num_convs < 1 or image_shape[0] % factor or image_shape[1] % factor:
+        raise ValueError(
+            f"model.discriminator.conv_features has {num_convs} stride-2 convolutions, which do not "
+            f"divide the {image_shape[0]}x{image_shape[1]} images evenly (need at least one, and 2**{num_convs} "
+            f"dividing both sides)."
+        )
 
 
 class Generator(nn.Module):
-  """G(z, c): generator input (B, input_dim) -> images (B, H, W, out_channels) in [0, 1]."""
-  fc_features: Sequence[int]
-  base_shape: Sequence[int]
-  upconv_features: Sequence[int]
-  out_channels: int
-  kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
-  dtype: Any = None
+    """G(z, c): generator input (B, input_dim) -> images (B, H, W, out_channels) in [0, 1]."""
 
-  @nn.compact
-  def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:
-    init = self.kernel_init
-    h = inputs.astype(self.dtype or jnp.float32)
-    # Layers followed by BatchNorm have no bias: BN's shift replaces it.
-    for i, features in enumerate(self.fc_features):
-      h = nn.Dense(features, use_bias=False, kernel_init=init, dtype=self.dtype, name=f"fc{i}")(h)
-      h = nn.relu(_batch_norm(train, self.dtype, f"fc{i}_bn")(h))
-    h = nn.Dense(int(np.prod(self.base_shape)), use_bias=False, kernel_init=init, dtype=self.dtype,
-                 name="fc_base")(h)
-    h = nn.relu(_batch_norm(train, self.dtype, "fc_base_bn")(h))
-    h = h.reshape(h.shape[0], *self.base_shape)
-    for i, features in enumerate(self.upconv_features):
-      h = SubpixelConvTranspose(features, (4, 4), (2, 2), use_bias=False, kernel_init=init,
-                                dtype=self.dtype, name=f"upconv{i}")(h)
-      h = nn.relu(_batch_norm(train, self.dtype, f"upconv{i}_bn")(h))
-    h = SubpixelConvTranspose(self.out_channels, (4, 4), (2, 2), kernel_init=init, dtype=self.dtype,
-                              name="upconv_out")(h)
-    return nn.sigmoid(h.astype(jnp.float32))
+    fc_features: Sequence[int]
+    base_shape: Sequence[int]
+    upconv_features: Sequence[int]
+    out_channels: int
+    kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:
+        init = self.kernel_init
+        h = inputs.astype(self.dtype or jnp.float32)
+        # Layers followed by BatchNorm have no bias: BN's shift replaces it.
+        for i, features in enumerate(self.fc_features):
+            h = nn.Dense(features, use_bias=False, kernel_init=init, dtype=self.dtype, name=f"fc{i}")(h)
+            h = nn.relu(_batch_norm(train, self.dtype, f"fc{i}_bn")(h))
+        h = nn.Dense(
+            int(np.prod(self.base_shape)), use_bias=False, kernel_init=init, dtype=self.dtype, name="fc_base"
+        )(h)
+        h = nn.relu(_batch_norm(train, self.dtype, "fc_base_bn")(h))
+        h = h.reshape(h.shape[0], *self.base_shape)
+        for i, features in enumerate(self.upconv_features):
+            h = SubpixelConvTranspose(
+                features,
+                (4, 4),
+                (2, 2),
+                use_bias=False,
+                kernel_init=init,
+                dtype=self.dtype,
+                name=f"upconv{i}",
+            )(h)
+            h = nn.relu(_batch_norm(train, self.dtype, f"upconv{i}_bn")(h))
+        h = SubpixelConvTranspose(
+            self.out_channels, (4, 4), (2, 2), kernel_init=init, dtype=self.dtype, name="upconv_out"
+        )(h)
+        return nn.sigmoid(h.astype(jnp.float32))
 
 
 class Discriminator(nn.Module):
-  """The shared trunk with the D head (a real/fake logit) and the Q head (Q(c | x)'s parameters).
+    """The shared trunk with the D head (a real/fake logit) and the Q head (Q(c | x)'s parameters).
 
-  `detach_q=True` stops Q's gradient at the trunk: Q then only reads the trunk's
-  features (the lambda = 0 control, where Q measures the information in G's
-  samples without shaping D, and so without shaping G).
-  """
-  conv_features: Sequence[int]
-  fc_features: Sequence[int]
-  q_hidden: int
-  q_output_dim: int
-  leaky_slope: float = 0.1
-  kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
-  dtype: Any = None
+    `detach_q=True` stops Q's gradient at the trunk: Q then only reads the trunk's
+    features (the lambda = 0 control, where Q measures the information in G's
+    samples without shaping D, and so without shaping G).
+    """
 
-  @nn.compact
-  def __call__(self, images: jax.Array, train: bool, detach_q: bool = False) -> dict[str, jax.Array]:
-    init = self.kernel_init
-    lrelu = functools.partial(nn.leaky_relu, negative_slope=self.leaky_slope)
-    h = images.astype(self.dtype or jnp.float32)
-    for i, features in enumerate(self.conv_features):
-      h = nn.Conv(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=i == 0, kernel_init=init,
-                  dtype=self.dtype, name=f"conv{i}")(h)
-      if i > 0:  # No BN on the first layer (DCGAN; Table 1).
-        h = _batch_norm(train, self.dtype, f"conv{i}_bn")(h)
-      h = lrelu(h)
-    h = h.reshape(h.shape[0], -1)
-    for i, features in enumerate(self.fc_features):
-      h = nn.Dense(features, use_bias=False, kernel_init=init, dtype=self.dtype, name=f"fc{i}")(h)
-      h = lrelu(_batch_norm(train, self.dtype, f"fc{i}_bn")(h))
-    d_logits = nn.Dense(1, kernel_init=init, dtype=self.dtype, name="d_out")(h)[:, 0]
-    q = jax.lax.stop_gradient(h) if detach_q else h
-    q = nn.Dense(self.q_hidden, use_bias=False, kernel_init=init, dtype=self.dtype, name="q_fc")(q)
-    q = lrelu(_batch_norm(train, self.dtype, "q_fc_bn")(q))
-    q_outputs = nn.Dense(self.q_output_dim, kernel_init=init, dtype=self.dtype, name="q_out")(q)
-    return {"d_logits": d_logits.astype(jnp.float32), "q_outputs": q_outputs.astype(jnp.float32)}
+    conv_features: Sequence[int]
+    fc_features: Sequence[int]
+    q_hidden: int
+    q_output_dim: int
+    leaky_slope: float = 0.1
+    kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool, detach_q: bool = False) -> dict[str, jax.Array]:
+        init = self.kernel_init
+        lrelu = functools.partial(nn.leaky_relu, negative_slope=self.leaky_slope)
+        h = images.astype(self.dtype or jnp.float32)
+        for i, features in enumerate(self.conv_features):
+            h = nn.Conv(
+                features,
+                (4, 4),
+                strides=(2, 2),
+                padding="SAME",
+                use_bias=i == 0,
+                kernel_init=init,
+                dtype=self.dtype,
+                name=f"conv{i}",
+            )(h)
+            if i > 0:  # No BN on the first layer (DCGAN; Table 1).
+                h = _batch_norm(train, self.dtype, f"conv{i}_bn")(h)
+            h = lrelu(h)
+        h = h.reshape(h.shape[0], -1)
+        for i, features in enumerate(self.fc_features):
+            h = nn.Dense(features, use_bias=False, kernel_init=init, dtype=self.dtype, name=f"fc{i}")(h)
+            h = lrelu(_batch_norm(train, self.dtype, f"fc{i}_bn")(h))
+        d_logits = nn.Dense(1, kernel_init=init, dtype=self.dtype, name="d_out")(h)[:, 0]
+        q = jax.lax.stop_gradient(h) if detach_q else h
+        q = nn.Dense(self.q_hidden, use_bias=False, kernel_init=init, dtype=self.dtype, name="q_fc")(q)
+        q = lrelu(_batch_norm(train, self.dtype, "q_fc_bn")(q))
+        q_outputs = nn.Dense(self.q_output_dim, kernel_init=init, dtype=self.dtype, name="q_out")(q)
+        return {"d_logits": d_logits.astype(jnp.float32), "q_outputs": q_outputs.astype(jnp.float32)}
 
 
 def init_variables(module: nn.Module, rng: jax.Array, *args, init_std: float, **kwargs) -> dict[str, Any]:
-  """`module.init(rng, *args, **kwargs)` with every `kernel` ~ N(0, init_std^2), drawn at once.
+    """`module.init(rng, *args, **kwargs)` with every `kernel` ~ N(0, init_std^2), drawn at once.
 
-  The distribution is that of `kernel_init=nn.initializers.normal(init_std)`, but
-  the kernels come from one random draw instead of one per layer: XLA:CPU compiles
-  each random-number kernel separately (about 0.4 s each, measured), which made
-  the jitted initialisation of these small networks take 10 s. Biases, BatchNorm
-  scales and statistics keep their (deterministic) initial values.
-  """
-  if not init_std > 0:
-    raise ValueError(f"model.init_std={init_std!r} must be positive (kernels ~ N(0, init_std^2)).")
-  variables = module.clone(kernel_init=nn.initializers.zeros_init()).init(rng, *args, **kwargs)
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
-  is_kernel = [path[-1].key == "kernel" for path, _ in leaves]
-  total = sum(leaf.size for (_, leaf), k in zip(leaves, is_kernel) if k)
-  draws = init_std * jax.random.normal(rng, (total,), jnp.float32)
-  new_leaves, offset = [], 0
-  for (_, leaf), kernel in zip(leaves, is_kernel):
-    if kernel:
-      leaf = draws[offset:offset + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
-      offset += leaf.size
-    new_leaves.append(leaf)
-  return {**variables, "params": jax.tree_util.tree_unflatten(treedef, new_leaves)}
+    The distribution is that of `kernel_init=nn.initializers.normal(init_std)`, but
+    the kernels come from one random draw instead of one per layer: XLA:CPU compiles
+    each random-number kernel separately (about 0.4 s each, measured), which made
+    the jitted initialisation of these small networks take 10 s. Biases, BatchNorm
+    scales and statistics keep their (deterministic) initial values.
+    """
+    if not init_std > 0:
+        raise ValueError(f"model.init_std={init_std!r} must be positive (kernels ~ N(0, init_std^2)).")
+    variables = module.clone(kernel_init=nn.initializers.zeros_init()).init(rng, *args, **kwargs)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(variables["params"])
+    is_kernel = [path[-1].key == "kernel" for path, _ in leaves]
+    total = sum(leaf.size for (_, leaf), k in zip(leaves, is_kernel) if k)
+    draws = init_std * jax.random.normal(rng, (total,), jnp.float32)
+    new_leaves, offset = [], 0
+    for (_, leaf), kernel in zip(leaves, is_kernel):
+        if kernel:
+            leaf = draws[offset : offset + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
+            offset += leaf.size
+        new_leaves.append(leaf)
+    return {**variables, "params": jax.tree_util.tree_unflatten(treedef, new_leaves)}

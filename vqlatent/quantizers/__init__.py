@@ -34,120 +34,112 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 
-from vqlatent.quantizers import codebook_ops
-from vqlatent.quantizers import core
-from vqlatent.quantizers import diagnostics
-from vqlatent.quantizers import estimators
-from vqlatent.quantizers import fsq
+from vqlatent.quantizers import codebook_ops, core, diagnostics, estimators, fsq
 from vqlatent.quantizers.codebook_ops import code_counts_per_codebook
-from vqlatent.quantizers.ema_codebook import EMA_COLLECTION
-from vqlatent.quantizers.ema_codebook import QUANTIZER_RNG
-from vqlatent.quantizers.ema_codebook import uniform_codebook_init
+from vqlatent.quantizers.ema_codebook import EMA_COLLECTION, QUANTIZER_RNG, uniform_codebook_init
 from vqlatent.quantizers.estimators import rotation_trick
 from vqlatent.quantizers.fsq import FSQ
 from vqlatent.quantizers.product import ProductVQ
 from vqlatent.quantizers.residual import ResidualVQ
-from vqlatent.quantizers.vector_quantizer import VectorQuantizer
-from vqlatent.quantizers.vector_quantizer import VectorQuantizerEMA
+from vqlatent.quantizers.vector_quantizer import VectorQuantizer, VectorQuantizerEMA
 
 QUANTIZERS: dict[str, type[nn.Module]] = {
-    'vq': VectorQuantizer,
-    'vq_ema': VectorQuantizerEMA,
-    'residual_vq': ResidualVQ,
-    'product_vq': ProductVQ,
-    'fsq': FSQ,
+    "vq": VectorQuantizer,
+    "vq_ema": VectorQuantizerEMA,
+    "residual_vq": ResidualVQ,
+    "product_vq": ProductVQ,
+    "fsq": FSQ,
 }
 
 # Keys in the output dict of every quantiser. Single-codebook VQ adds
 # Sonnet's `encodings` (and `distances` when unchunked); EMA quantisers with
 # restarts add `dead_codes`.
-COMMON_OUTPUT_KEYS = ('quantize', 'loss', 'perplexity', 'encoding_indices',
-                      'e_latent_loss', 'q_latent_loss')
+COMMON_OUTPUT_KEYS = ("quantize", "loss", "perplexity", "encoding_indices", "e_latent_loss", "q_latent_loss")
 
 # Dataclass fields every linen Module has; not quantiser configuration.
-_LINEN_FIELDS = frozenset({'parent', 'name'})
+_LINEN_FIELDS = frozenset({"parent", "name"})
 
 
 def register_quantizer(name: str, module_class: type[nn.Module]) -> None:
-  """Adds ``module_class`` to `QUANTIZERS` under ``name`` (must be new)."""
-  if name in QUANTIZERS:
-    raise ValueError(f'quantizer {name!r} is already registered '
-                     f'({QUANTIZERS[name].__name__}).')
-  QUANTIZERS[name] = module_class
+    """Adds ``module_class`` to `QUANTIZERS` under ``name`` (must be new)."""
+    if name in QUANTIZERS:
+        raise ValueError(f"quantizer {name!r} is already registered ({QUANTIZERS[name].__name__}).")
+    QUANTIZERS[name] = module_class
 
 
 def config_fields(module_class: type[nn.Module]) -> list[str]:
-  """The config keys a quantiser accepts (its fields minus parent/name)."""
-  return [
-      field.name for field in dataclasses.fields(module_class)
-      if field.init and field.name not in _LINEN_FIELDS
-  ]
+    """The config keys a quantiser accepts (its fields minus parent/name)."""
+    return [
+        field.name
+        for field in dataclasses.fields(module_class)
+        if field.init and field.name not in _LINEN_FIELDS
+    ]
 
 
-def make_quantizer(cfg: Any, *, module_name: Optional[str] = None) -> nn.Module:
-  """Builds the quantiser named ``cfg.name`` with the remaining keys as fields.
+def make_quantizer(cfg: Any, *, module_name: str | None = None) -> nn.Module:
+    """Builds the quantiser named ``cfg.name`` with the remaining keys as fields.
 
-  Args:
-    cfg: an ``ml_collections.ConfigDict`` (or any mapping) with ``name`` (a key
-      of `QUANTIZERS`) and the module's fields, e.g. ``num_embeddings``,
-      ``embedding_dim``, ``commitment_cost``. Unknown keys are an error (a
-      typo would otherwise silently fall back to a default).
-    module_name: optional Flax module name (the ``name`` linen field, which
-      ``cfg.name`` cannot set because it selects the quantiser).
+    Args:
+      cfg: an ``ml_collections.ConfigDict`` (or any mapping) with ``name`` (a key
+        of `QUANTIZERS`) and the module's fields, e.g. ``num_embeddings``,
+        ``embedding_dim``, ``commitment_cost``. Unknown keys are an error (a
+        typo would otherwise silently fall back to a default).
+      module_name: optional Flax module name (the ``name`` linen field, which
+        ``cfg.name`` cannot set because it selects the quantiser).
 
-  Returns:
-    An unbound linen module.
+    Returns:
+      An unbound linen module.
 
-  Raises:
-    ValueError: unknown quantiser name, missing ``name``, unknown config keys,
-      or invalid field values.
-  """
-  if hasattr(cfg, 'to_dict'):
-    cfg = cfg.to_dict()
-  if not isinstance(cfg, Mapping):
-    raise ValueError(f'quantizer config must be a ConfigDict or mapping, got '
-                     f'{type(cfg).__name__}.')
-  fields = dict(cfg)
-  if 'name' not in fields:
-    raise ValueError(f'quantizer config needs a `name`, one of '
-                     f'{sorted(QUANTIZERS)}; got keys {sorted(fields)}.')
-  quantizer_name = fields.pop('name')
-  if quantizer_name not in QUANTIZERS:
-    raise ValueError(f'unknown quantizer name {quantizer_name!r}; valid names: '
-                     f'{sorted(QUANTIZERS)}.')
-  module_class = QUANTIZERS[quantizer_name]
-  accepted = config_fields(module_class)
-  unknown = sorted(set(fields) - set(accepted))
-  if unknown:
-    raise ValueError(
-        f'unknown config keys {unknown} for quantizer {quantizer_name!r} '
-        f'({module_class.__name__}); accepted keys: {accepted}.')
-  return module_class(**fields, name=module_name)
+    Raises:
+      ValueError: unknown quantiser name, missing ``name``, unknown config keys,
+        or invalid field values.
+    """
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"quantizer config must be a ConfigDict or mapping, got {type(cfg).__name__}.")
+    fields = dict(cfg)
+    if "name" not in fields:
+        raise ValueError(
+            f"quantizer config needs a `name`, one of {sorted(QUANTIZERS)}; got keys {sorted(fields)}."
+        )
+    quantizer_name = fields.pop("name")
+    if quantizer_name not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer name {quantizer_name!r}; valid names: {sorted(QUANTIZERS)}.")
+    module_class = QUANTIZERS[quantizer_name]
+    accepted = config_fields(module_class)
+    unknown = sorted(set(fields) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown config keys {unknown} for quantizer {quantizer_name!r} "
+            f"({module_class.__name__}); accepted keys: {accepted}."
+        )
+    return module_class(**fields, name=module_name)
 
 
 __all__ = [
-    'COMMON_OUTPUT_KEYS',
-    'EMA_COLLECTION',
-    'FSQ',
-    'ProductVQ',
-    'QUANTIZERS',
-    'QUANTIZER_RNG',
-    'ResidualVQ',
-    'VectorQuantizer',
-    'VectorQuantizerEMA',
-    'code_counts_per_codebook',
-    'codebook_ops',
-    'config_fields',
-    'core',
-    'diagnostics',
-    'estimators',
-    'fsq',
-    'make_quantizer',
-    'register_quantizer',
-    'rotation_trick',
-    'uniform_codebook_init',
+    "COMMON_OUTPUT_KEYS",
+    "EMA_COLLECTION",
+    "FSQ",
+    "ProductVQ",
+    "QUANTIZERS",
+    "QUANTIZER_RNG",
+    "ResidualVQ",
+    "VectorQuantizer",
+    "VectorQuantizerEMA",
+    "code_counts_per_codebook",
+    "codebook_ops",
+    "config_fields",
+    "core",
+    "diagnostics",
+    "estimators",
+    "fsq",
+    "make_quantizer",
+    "register_quantizer",
+    "rotation_trick",
+    "uniform_codebook_init",
 ]

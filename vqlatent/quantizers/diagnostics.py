@@ -26,58 +26,56 @@ _BACKGROUND = (1.0, 1.0, 1.0)
 
 
 def usage_histogram(counts: Any, height: int = 96, width: int = 512) -> Array:
-  """``(S, K)`` (or ``(K,)``) code counts -> ``(S, height, W, 3)`` in [0, 1].
+    """``(S, K)`` (or ``(K,)``) code counts -> ``(S, height, W, 3)`` in [0, 1].
 
-  ``W = width`` when ``K >= width``; otherwise ``K * (width // K)`` so that
-  every code gets the same number of pixel columns.
-  """
-  counts = jnp.asarray(counts, jnp.float32)
-  if counts.ndim == 1:
-    counts = counts[None]
-  num_codes = counts.shape[-1]
-  columns_per_code = max(1, width // num_codes)
-  image_width = num_codes * columns_per_code if num_codes < width else width
-  ranked = -jnp.sort(-counts, axis=-1)  # Descending.
-  code_of_column = (np.arange(image_width) * num_codes) // image_width
-  column_counts = ranked[:, code_of_column]  # (S, W)
-  peak = jnp.maximum(ranked[:, :1], 1.0)
-  bar_pixels = jnp.where(
-      column_counts > 0,
-      jnp.maximum(jnp.ceil(column_counts / peak * (height - 1)), 1.0), 0.0)
-  rows_from_bottom = jnp.arange(height, 0, -1, dtype=jnp.float32)[:, None]
-  is_bar = rows_from_bottom[None] <= bar_pixels[:, None, :]  # (S, H, W)
-  is_dead = jnp.broadcast_to((column_counts == 0)[:, None, :], is_bar.shape)
-  bar = jnp.asarray(_BAR_COLOUR, jnp.float32)
-  dead = jnp.asarray(_DEAD_COLOUR, jnp.float32)
-  background = jnp.asarray(_BACKGROUND, jnp.float32)
-  return jnp.where(is_bar[..., None], bar,
-                   jnp.where(is_dead[..., None], dead, background))
+    ``W = width`` when ``K >= width``; otherwise ``K * (width // K)`` so that
+    every code gets the same number of pixel columns.
+    """
+    counts = jnp.asarray(counts, jnp.float32)
+    if counts.ndim == 1:
+        counts = counts[None]
+    num_codes = counts.shape[-1]
+    columns_per_code = max(1, width // num_codes)
+    image_width = num_codes * columns_per_code if num_codes < width else width
+    ranked = -jnp.sort(-counts, axis=-1)  # Descending.
+    code_of_column = (np.arange(image_width) * num_codes) // image_width
+    column_counts = ranked[:, code_of_column]  # (S, W)
+    peak = jnp.maximum(ranked[:, :1], 1.0)
+    bar_pixels = jnp.where(
+        column_counts > 0, jnp.maximum(jnp.ceil(column_counts / peak * (height - 1)), 1.0), 0.0
+    )
+    rows_from_bottom = jnp.arange(height, 0, -1, dtype=jnp.float32)[:, None]
+    is_bar = rows_from_bottom[None] <= bar_pixels[:, None, :]  # (S, H, W)
+    is_dead = jnp.broadcast_to((column_counts == 0)[:, None, :], is_bar.shape)
+    bar = jnp.asarray(_BAR_COLOUR, jnp.float32)
+    dead = jnp.asarray(_DEAD_COLOUR, jnp.float32)
+    background = jnp.asarray(_BACKGROUND, jnp.float32)
+    return jnp.where(is_bar[..., None], bar, jnp.where(is_dead[..., None], dead, background))
 
 
 def codebook_summary(counts: Any) -> dict[str, Any]:
-  """Host-side metrics of accumulated ``(S, K)`` (or ``(K,)``) code counts.
+    """Host-side metrics of accumulated ``(S, K)`` (or ``(K,)``) code counts.
 
-  Returns ``perplexity`` (mean over codebooks of ``exp(-sum p log p)``, as in
-  Sonnet), ``codebook_usage`` (mean fraction of codes used at least once),
-  ``codes_used`` / ``dead_codes`` (totals over codebooks) and, with several
-  codebooks, the per-codebook lists ``perplexity_per_codebook`` and
-  ``codebook_usage_per_codebook``.
-  """
-  counts = np.asarray(counts, np.float64)
-  if counts.ndim == 1:
-    counts = counts[None]
-  probabilities = counts / np.maximum(counts.sum(-1, keepdims=True), 1.0)
-  perplexities = np.exp(-np.sum(probabilities * np.log(probabilities + 1e-10),
-                                axis=-1))
-  usage = np.count_nonzero(counts, axis=-1) / counts.shape[-1]
-  used = int(np.count_nonzero(counts))
-  summary = {
-      'perplexity': float(np.mean(perplexities)),
-      'codebook_usage': float(np.mean(usage)),
-      'codes_used': used,
-      'dead_codes': int(counts.size - used),
-  }
-  if counts.shape[0] > 1:
-    summary['perplexity_per_codebook'] = [float(p) for p in perplexities]
-    summary['codebook_usage_per_codebook'] = [float(u) for u in usage]
-  return summary
+    Returns ``perplexity`` (mean over codebooks of ``exp(-sum p log p)``, as in
+    Sonnet), ``codebook_usage`` (mean fraction of codes used at least once),
+    ``codes_used`` / ``dead_codes`` (totals over codebooks) and, with several
+    codebooks, the per-codebook lists ``perplexity_per_codebook`` and
+    ``codebook_usage_per_codebook``.
+    """
+    counts = np.asarray(counts, np.float64)
+    if counts.ndim == 1:
+        counts = counts[None]
+    probabilities = counts / np.maximum(counts.sum(-1, keepdims=True), 1.0)
+    perplexities = np.exp(-np.sum(probabilities * np.log(probabilities + 1e-10), axis=-1))
+    usage = np.count_nonzero(counts, axis=-1) / counts.shape[-1]
+    used = int(np.count_nonzero(counts))
+    summary = {
+        "perplexity": float(np.mean(perplexities)),
+        "codebook_usage": float(np.mean(usage)),
+        "codes_used": used,
+        "dead_codes": int(counts.size - used),
+    }
+    if counts.shape[0] > 1:
+        summary["perplexity_per_codebook"] = [float(p) for p in perplexities]
+        summary["codebook_usage_per_codebook"] = [float(u) for u in usage]
+    return summary

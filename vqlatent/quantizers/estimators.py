@@ -28,7 +28,8 @@ computed in float32 whatever the input dtype.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,8 +38,8 @@ from vqlatent.quantizers import core
 
 Array = jax.Array
 
-STRAIGHT_THROUGH = 'straight_through'
-ROTATION_TRICK = 'rotation_trick'
+STRAIGHT_THROUGH = "straight_through"
+ROTATION_TRICK = "rotation_trick"
 
 # Rows whose rotation is ill-defined fall back to straight-through (see
 # `rotation_trick`): |x| or |q| below this, or x_hat nearly equal to -q_hat.
@@ -47,68 +48,68 @@ _DEGENERATE_SUM_NORM = 1e-6
 
 
 def _rotation_factors(x32: Array, q32: Array):
-  """(lambda, x_hat, q_hat, r, degenerate) for row-wise rotations of x to q."""
-  x_norm = jnp.linalg.norm(x32, axis=-1, keepdims=True)
-  q_norm = jnp.linalg.norm(q32, axis=-1, keepdims=True)
-  x_hat = x32 / jnp.maximum(x_norm, _DEGENERATE_NORM)
-  q_hat = q32 / jnp.maximum(q_norm, _DEGENERATE_NORM)
-  half_way = x_hat + q_hat
-  half_way_norm = jnp.linalg.norm(half_way, axis=-1, keepdims=True)
-  r = half_way / jnp.maximum(half_way_norm, _DEGENERATE_SUM_NORM)
-  scale = q_norm / jnp.maximum(x_norm, _DEGENERATE_NORM)
-  degenerate = ((x_norm <= _DEGENERATE_NORM) | (q_norm <= _DEGENERATE_NORM)
-                | (half_way_norm <= _DEGENERATE_SUM_NORM))
-  return scale, x_hat, q_hat, r, degenerate
+    """(lambda, x_hat, q_hat, r, degenerate) for row-wise rotations of x to q."""
+    x_norm = jnp.linalg.norm(x32, axis=-1, keepdims=True)
+    q_norm = jnp.linalg.norm(q32, axis=-1, keepdims=True)
+    x_hat = x32 / jnp.maximum(x_norm, _DEGENERATE_NORM)
+    q_hat = q32 / jnp.maximum(q_norm, _DEGENERATE_NORM)
+    half_way = x_hat + q_hat
+    half_way_norm = jnp.linalg.norm(half_way, axis=-1, keepdims=True)
+    r = half_way / jnp.maximum(half_way_norm, _DEGENERATE_SUM_NORM)
+    scale = q_norm / jnp.maximum(x_norm, _DEGENERATE_NORM)
+    degenerate = (
+        (x_norm <= _DEGENERATE_NORM) | (q_norm <= _DEGENERATE_NORM) | (half_way_norm <= _DEGENERATE_SUM_NORM)
+    )
+    return scale, x_hat, q_hat, r, degenerate
 
 
 @jax.custom_vjp
 def _rotation_trick(x: Array, q: Array) -> Array:
-  del x
-  return q
+    del x
+    return q
 
 
 def _rotation_trick_fwd(x: Array, q: Array):
-  factors = _rotation_factors(x.astype(jnp.float32), q.astype(jnp.float32))
-  return q, (factors, jnp.zeros((), x.dtype), jnp.zeros((), q.dtype))
+    factors = _rotation_factors(x.astype(jnp.float32), q.astype(jnp.float32))
+    return q, (factors, jnp.zeros((), x.dtype), jnp.zeros((), q.dtype))
 
 
 def _rotation_trick_bwd(residuals, cotangent):
-  (scale, x_hat, q_hat, r, degenerate), x_dtype_carrier, q_dtype_carrier = (
-      residuals)
-  g = cotangent.astype(jnp.float32)
-  rotated = (g - 2.0 * jnp.sum(r * g, axis=-1, keepdims=True) * r
-             + 2.0 * jnp.sum(q_hat * g, axis=-1, keepdims=True) * x_hat)
-  grad_x = jnp.where(degenerate, g, scale * rotated)
-  return (grad_x.astype(x_dtype_carrier.dtype),
-          jnp.zeros(cotangent.shape, q_dtype_carrier.dtype))
+    (scale, x_hat, q_hat, r, degenerate), x_dtype_carrier, q_dtype_carrier = residuals
+    g = cotangent.astype(jnp.float32)
+    rotated = (
+        g
+        - 2.0 * jnp.sum(r * g, axis=-1, keepdims=True) * r
+        + 2.0 * jnp.sum(q_hat * g, axis=-1, keepdims=True) * x_hat
+    )
+    grad_x = jnp.where(degenerate, g, scale * rotated)
+    return (grad_x.astype(x_dtype_carrier.dtype), jnp.zeros(cotangent.shape, q_dtype_carrier.dtype))
 
 
 _rotation_trick.defvjp(_rotation_trick_fwd, _rotation_trick_bwd)
 
 
 def rotation_trick(x: Any, q: Any) -> Array:
-  """The rotation-trick estimator of Fifty et al. (2024), eq. (4)-(5).
+    """The rotation-trick estimator of Fifty et al. (2024), eq. (4)-(5).
 
-  Forward: exactly ``q`` (cast to ``x.dtype``). Backward: the encoder output
-  receives ``|q|/|x| * R^T dL/dq`` (row-wise, last axis), where ``R`` rotates
-  ``x/|x|`` onto ``q/|q|``; ``q`` receives zero. Rows where the rotation is
-  undefined (``x = 0``, ``q = 0`` or ``x/|x| = -q/|q|``) get the
-  straight-through gradient ``dL/dq`` instead.
+    Forward: exactly ``q`` (cast to ``x.dtype``). Backward: the encoder output
+    receives ``|q|/|x| * R^T dL/dq`` (row-wise, last axis), where ``R`` rotates
+    ``x/|x|`` onto ``q/|q|``; ``q`` receives zero. Rows where the rotation is
+    undefined (``x = 0``, ``q = 0`` or ``x/|x| = -q/|q|``) get the
+    straight-through gradient ``dL/dq`` instead.
 
-  Args:
-    x: encoder outputs ``(..., D)``.
-    q: selected codes, same shape as ``x``.
+    Args:
+      x: encoder outputs ``(..., D)``.
+      q: selected codes, same shape as ``x``.
 
-  Returns:
-    ``q`` with the dtype of ``x``.
-  """
-  x = jnp.asarray(x)
-  q = jnp.asarray(q)
-  if x.shape != q.shape:
-    raise ValueError(
-        f'rotation_trick needs x and q of the same shape; got {x.shape} and '
-        f'{q.shape}.')
-  return _rotation_trick(x, q.astype(x.dtype))
+    Returns:
+      ``q`` with the dtype of ``x``.
+    """
+    x = jnp.asarray(x)
+    q = jnp.asarray(q)
+    if x.shape != q.shape:
+        raise ValueError(f"rotation_trick needs x and q of the same shape; got {x.shape} and {q.shape}.")
+    return _rotation_trick(x, q.astype(x.dtype))
 
 
 GRADIENT_ESTIMATORS: dict[str, Callable[[Any, Any], Array]] = {
@@ -118,14 +119,12 @@ GRADIENT_ESTIMATORS: dict[str, Callable[[Any, Any], Array]] = {
 
 
 def validate_gradient_estimator(name: Any) -> None:
-  """Raises ValueError unless ``name`` is a key of `GRADIENT_ESTIMATORS`."""
-  if name not in GRADIENT_ESTIMATORS:
-    raise ValueError(
-        f'unknown gradient_estimator {name!r}; choose one of '
-        f'{sorted(GRADIENT_ESTIMATORS)}.')
+    """Raises ValueError unless ``name`` is a key of `GRADIENT_ESTIMATORS`."""
+    if name not in GRADIENT_ESTIMATORS:
+        raise ValueError(f"unknown gradient_estimator {name!r}; choose one of {sorted(GRADIENT_ESTIMATORS)}.")
 
 
 def estimate(name: str, x: Any, q: Any) -> Array:
-  """``GRADIENT_ESTIMATORS[name](x, q)``: ``q`` forward, a chosen gradient."""
-  validate_gradient_estimator(name)
-  return GRADIENT_ESTIMATORS[name](x, q)
+    """``GRADIENT_ESTIMATORS[name](x, q)``: ``q`` forward, a chosen gradient."""
+    validate_gradient_estimator(name)
+    return GRADIENT_ESTIMATORS[name](x, q)

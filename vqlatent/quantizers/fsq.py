@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -59,158 +59,155 @@ _BOUND_EPSILON = 1e-3
 
 
 def levels_for_codebook_size(codebook_size: int) -> tuple[int, ...]:
-  """The paper's recommended levels for a target codebook size."""
-  if codebook_size not in FSQ_LEVELS_FOR_CODEBOOK_SIZE:
-    raise ValueError(
-        f'no recommended FSQ levels for a codebook of {codebook_size} codes; '
-        f'choose one of {sorted(FSQ_LEVELS_FOR_CODEBOOK_SIZE)} or give the '
-        f'quantizer field levels=(L1, L2, ...) explicitly.')
-  return FSQ_LEVELS_FOR_CODEBOOK_SIZE[codebook_size]
+    """The paper's recommended levels for a target codebook size."""
+    if codebook_size not in FSQ_LEVELS_FOR_CODEBOOK_SIZE:
+        raise ValueError(
+            f"no recommended FSQ levels for a codebook of {codebook_size} codes; "
+            f"choose one of {sorted(FSQ_LEVELS_FOR_CODEBOOK_SIZE)} or give the "
+            f"quantizer field levels=(L1, L2, ...) explicitly."
+        )
+    return FSQ_LEVELS_FOR_CODEBOOK_SIZE[codebook_size]
 
 
 def validate_levels(levels: Any) -> tuple[int, ...]:
-  """``levels`` as a tuple of ints >= 2, or a ValueError naming the value."""
-  if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
-    raise ValueError(
-        f'FSQ levels must be a sequence of integers >= 2, got {levels!r}.')
-  levels = tuple(levels)
-  if not levels or any(
-      isinstance(l, bool) or not isinstance(l, (int, np.integer)) or l < 2
-      for l in levels):
-    raise ValueError(
-        f'FSQ levels must be a non-empty sequence of integers >= 2 (each '
-        f'channel needs at least two values), got {levels!r}.')
-  if math.prod(levels) >= 2**31:
-    raise ValueError(
-        f'FSQ levels {levels} imply {math.prod(levels)} codes, more than '
-        f'int32 indices can address.')
-  return tuple(int(l) for l in levels)
+    """``levels`` as a tuple of ints >= 2, or a ValueError naming the value."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+        raise ValueError(f"FSQ levels must be a sequence of integers >= 2, got {levels!r}.")
+    levels = tuple(levels)
+    if not levels or any(
+        isinstance(l, bool) or not isinstance(l, (int, np.integer)) or l < 2 for l in levels
+    ):
+        raise ValueError(
+            f"FSQ levels must be a non-empty sequence of integers >= 2 (each "
+            f"channel needs at least two values), got {levels!r}."
+        )
+    if math.prod(levels) >= 2**31:
+        raise ValueError(
+            f"FSQ levels {levels} imply {math.prod(levels)} codes, more than int32 indices can address."
+        )
+    return tuple(int(l) for l in levels)
 
 
 def _as_arrays(levels: Sequence[int]):
-  levels_f = jnp.asarray(levels, jnp.float32)
-  half_width = jnp.asarray([l // 2 for l in levels], jnp.float32)
-  basis = jnp.asarray(np.cumprod((1,) + tuple(levels[:-1])), jnp.int32)
-  return levels_f, half_width, basis
+    levels_f = jnp.asarray(levels, jnp.float32)
+    half_width = jnp.asarray([l // 2 for l in levels], jnp.float32)
+    basis = jnp.asarray(np.cumprod((1,) + tuple(levels[:-1])), jnp.int32)
+    return levels_f, half_width, basis
 
 
 def bound(z: Any, levels: Sequence[int]) -> Array:
-  """``tanh(z + shift) h - offset``: channel i in ``(-L_i/2, L_i/2)``."""
-  levels_f, _, _ = _as_arrays(levels)
-  half_l = (levels_f - 1.0) * (1.0 - _BOUND_EPSILON) / 2.0
-  offset = jnp.where(jnp.asarray(levels) % 2 == 1, 0.0, 0.5)
-  shift = jnp.tan(offset / half_l)
-  return jnp.tanh(jnp.asarray(z, jnp.float32) + shift) * half_l - offset
+    """``tanh(z + shift) h - offset``: channel i in ``(-L_i/2, L_i/2)``."""
+    levels_f, _, _ = _as_arrays(levels)
+    half_l = (levels_f - 1.0) * (1.0 - _BOUND_EPSILON) / 2.0
+    offset = jnp.where(jnp.asarray(levels) % 2 == 1, 0.0, 0.5)
+    shift = jnp.tan(offset / half_l)
+    return jnp.tanh(jnp.asarray(z, jnp.float32) + shift) * half_l - offset
 
 
 def round_ste(x: Array) -> Array:
-  """``round(x)`` forward, identity gradient."""
-  return x + jax.lax.stop_gradient(jnp.round(x) - x)
+    """``round(x)`` forward, identity gradient."""
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
 
 
 def quantize(z: Any, levels: Sequence[int]) -> Array:
-  """FSQ of the last axis (``len(levels)`` channels): values in [-1, 1]."""
-  _, half_width, _ = _as_arrays(levels)
-  return round_ste(bound(z, levels)) / half_width
+    """FSQ of the last axis (``len(levels)`` channels): values in [-1, 1]."""
+    _, half_width, _ = _as_arrays(levels)
+    return round_ste(bound(z, levels)) / half_width
 
 
 def codes_to_indices(z_hat: Any, levels: Sequence[int]) -> Array:
-  """Quantised ``(..., d)`` values -> int32 mixed-radix indices ``(...)``."""
-  _, half_width, basis = _as_arrays(levels)
-  digits = jnp.round(jnp.asarray(z_hat, jnp.float32) * half_width
-                     + half_width).astype(jnp.int32)
-  return jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
+    """Quantised ``(..., d)`` values -> int32 mixed-radix indices ``(...)``."""
+    _, half_width, basis = _as_arrays(levels)
+    digits = jnp.round(jnp.asarray(z_hat, jnp.float32) * half_width + half_width).astype(jnp.int32)
+    return jnp.sum(digits * basis, axis=-1).astype(jnp.int32)
 
 
 def indices_to_codes(indices: Any, levels: Sequence[int]) -> Array:
-  """int indices ``(...)`` -> quantised float32 values ``(..., d)``."""
-  _, half_width, basis = _as_arrays(levels)
-  indices = jnp.asarray(indices, jnp.int32)[..., None]
-  digits = (indices // basis) % jnp.asarray(levels, jnp.int32)
-  return (digits.astype(jnp.float32) - half_width) / half_width
+    """int indices ``(...)`` -> quantised float32 values ``(..., d)``."""
+    _, half_width, basis = _as_arrays(levels)
+    indices = jnp.asarray(indices, jnp.int32)[..., None]
+    digits = (indices // basis) % jnp.asarray(levels, jnp.int32)
+    return (digits.astype(jnp.float32) - half_width) / half_width
 
 
 class FSQ(nn.Module):
-  """Finite scalar quantisation as a drop-in quantiser (no codebook, no loss).
+    """Finite scalar quantisation as a drop-in quantiser (no codebook, no loss).
 
-  Attributes:
-    levels: number of values per channel, e.g. ``(8, 5, 5, 5)`` (~1000
-      codes); each >= 2.
-    embedding_dim: input dimension D. If it differs from ``len(levels)``,
-      Dense layers ``project_in`` / ``project_out`` (``'params'``) map to and
-      from the ``len(levels)`` FSQ channels.
-    dtype: dtype of ``quantize``; None means the inputs' dtype.
+    Attributes:
+      levels: number of values per channel, e.g. ``(8, 5, 5, 5)`` (~1000
+        codes); each >= 2.
+      embedding_dim: input dimension D. If it differs from ``len(levels)``,
+        Dense layers ``project_in`` / ``project_out`` (``'params'``) map to and
+        from the ``len(levels)`` FSQ channels.
+      dtype: dtype of ``quantize``; None means the inputs' dtype.
 
-  Outputs (the keys every quantiser returns): ``quantize``, ``loss`` (0:
-  FSQ needs no commitment or codebook term), ``perplexity`` (over the
-  ``prod(levels)`` implied codes), ``encoding_indices`` (int32, mixed
-  radix), and ``e_latent_loss`` = ``q_latent_loss`` = the mean squared
-  rounding error ``|round(bound(z)) - bound(z)|^2 / floor(L/2)^2`` (logged,
-  not part of the loss).
-  """
-  levels: Sequence[int]
-  embedding_dim: int
-  dtype: Optional[Any] = None
+    Outputs (the keys every quantiser returns): ``quantize``, ``loss`` (0:
+    FSQ needs no commitment or codebook term), ``perplexity`` (over the
+    ``prod(levels)`` implied codes), ``encoding_indices`` (int32, mixed
+    radix), and ``e_latent_loss`` = ``q_latent_loss`` = the mean squared
+    rounding error ``|round(bound(z)) - bound(z)|^2 / floor(L/2)^2`` (logged,
+    not part of the loss).
+    """
 
-  def __post_init__(self):
-    object.__setattr__(self, 'levels', validate_levels(self.levels))
-    vq_lib.validate_int_at_least_one('embedding_dim', self.embedding_dim)
-    super().__post_init__()
+    levels: Sequence[int]
+    embedding_dim: int
+    dtype: Any | None = None
 
-  @property
-  def num_codebooks(self) -> int:
-    return 1
+    def __post_init__(self):
+        object.__setattr__(self, "levels", validate_levels(self.levels))
+        vq_lib.validate_int_at_least_one("embedding_dim", self.embedding_dim)
+        super().__post_init__()
 
-  @property
-  def codebook_size(self) -> int:
-    return math.prod(self.levels)
+    @property
+    def num_codebooks(self) -> int:
+        return 1
 
-  @property
-  def num_embeddings(self) -> int:
-    """The implied codebook size ``prod(levels)`` (as on the VQ modules)."""
-    return self.codebook_size
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
 
-  @property
-  def _projects(self) -> bool:
-    return self.embedding_dim != len(self.levels)
+    @property
+    def num_embeddings(self) -> int:
+        """The implied codebook size ``prod(levels)`` (as on the VQ modules)."""
+        return self.codebook_size
 
-  def setup(self):
-    if self._projects:
-      self.project_in = nn.Dense(len(self.levels), name='project_in')
-      self.project_out = nn.Dense(self.embedding_dim, name='project_out')
+    @property
+    def _projects(self) -> bool:
+        return self.embedding_dim != len(self.levels)
 
-  def __call__(self,
-               inputs: Array,
-               *,
-               train: bool,
-               mask: Optional[Array] = None) -> dict[str, Array]:
-    """Quantises ``inputs`` of shape ``(..., D)``; ``train`` is unused."""
-    del train
-    inputs = jnp.asarray(inputs)
-    vq_lib.check_inputs(self, inputs)
-    flat_mask = vq_lib.flatten_mask(self, inputs.shape[:-1], mask)
-    z = self.project_in(inputs) if self._projects else inputs
-    bounded = bound(z, self.levels)
-    _, half_width, _ = _as_arrays(self.levels)
-    z_hat = round_ste(bounded) / half_width
-    indices = codes_to_indices(z_hat, self.levels)
-    rounding_error = core.vq_losses(
-        jax.lax.stop_gradient(bounded / half_width),
-        jax.lax.stop_gradient(z_hat), flat_mask)['e_latent_loss']
-    output_dtype = self.dtype if self.dtype is not None else inputs.dtype
-    quantized = self.project_out(z_hat) if self._projects else z_hat
-    return {
-        'quantize': quantized.astype(output_dtype),
-        'loss': jnp.zeros((), jnp.float32),
-        'e_latent_loss': rounding_error,
-        'q_latent_loss': rounding_error,
-        'perplexity': core.perplexity(indices, self.codebook_size, flat_mask),
-        'encoding_indices': indices,
-    }
+    def setup(self):
+        if self._projects:
+            self.project_in = nn.Dense(len(self.levels), name="project_in")
+            self.project_out = nn.Dense(self.embedding_dim, name="project_out")
 
-  def lookup(self, indices: Array) -> Array:
-    """Indices -> vectors ``indices.shape + (D,)`` (inverse of the indices)."""
-    values = indices_to_codes(indices, self.levels)
-    if self._projects:
-      values = self.project_out(values)
-    return values if self.dtype is None else values.astype(self.dtype)
+    def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
+        """Quantises ``inputs`` of shape ``(..., D)``; ``train`` is unused."""
+        del train
+        inputs = jnp.asarray(inputs)
+        vq_lib.check_inputs(self, inputs)
+        flat_mask = vq_lib.flatten_mask(self, inputs.shape[:-1], mask)
+        z = self.project_in(inputs) if self._projects else inputs
+        bounded = bound(z, self.levels)
+        _, half_width, _ = _as_arrays(self.levels)
+        z_hat = round_ste(bounded) / half_width
+        indices = codes_to_indices(z_hat, self.levels)
+        rounding_error = core.vq_losses(
+            jax.lax.stop_gradient(bounded / half_width), jax.lax.stop_gradient(z_hat), flat_mask
+        )["e_latent_loss"]
+        output_dtype = self.dtype if self.dtype is not None else inputs.dtype
+        quantized = self.project_out(z_hat) if self._projects else z_hat
+        return {
+            "quantize": quantized.astype(output_dtype),
+            "loss": jnp.zeros((), jnp.float32),
+            "e_latent_loss": rounding_error,
+            "q_latent_loss": rounding_error,
+            "perplexity": core.perplexity(indices, self.codebook_size, flat_mask),
+            "encoding_indices": indices,
+        }
+
+    def lookup(self, indices: Array) -> Array:
+        """Indices -> vectors ``indices.shape + (D,)`` (inverse of the indices)."""
+        values = indices_to_codes(indices, self.levels)
+        if self._projects:
+            values = self.project_out(values)
+        return values if self.dtype is None else values.astype(self.dtype)

@@ -17,190 +17,173 @@ the groups' terms). All groups are handled at once with ``jax.vmap``.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlatent.quantizers import codebook_ops
-from vqlatent.quantizers import core
-from vqlatent.quantizers import ema_codebook
-from vqlatent.quantizers import estimators
+from vqlatent.quantizers import codebook_ops, core, ema_codebook, estimators
 from vqlatent.quantizers import vector_quantizer as vq_lib
 
 Array = jax.Array
 
 
 class ProductVQ(nn.Module):
-  """``num_groups`` EMA codebooks, one per slice of ``D / num_groups`` channels.
+    """``num_groups`` EMA codebooks, one per slice of ``D / num_groups`` channels.
 
-  ``encoding_indices`` has shape ``inputs.shape[:-1] + (G,)`` (the group on
-  the trailing axis; ``lookup`` inverts it); ``perplexity`` is the mean of
-  the groups' perplexities. State (collection ``'vq_ema'``): the EMA arrays
-  with a leading group axis, ``codebook`` ``(G, K, D/G)``, ...
+    ``encoding_indices`` has shape ``inputs.shape[:-1] + (G,)`` (the group on
+    the trailing axis; ``lookup`` inverts it); ``perplexity`` is the mean of
+    the groups' perplexities. State (collection ``'vq_ema'``): the EMA arrays
+    with a leading group axis, ``codebook`` ``(G, K, D/G)``, ...
 
-  Attributes:
-    num_groups: G, must divide ``embedding_dim``.
-    num_embeddings: codes per group K.
-    embedding_dim: D.
-    commitment_cost: beta of eq. (3).
-    decay, epsilon: EMA decay and Laplace smoothing.
-    chunk_size: see `VectorQuantizer`.
-    dtype: dtype of ``quantize`` (None: the inputs').
-    l2_normalize: cosine codes within each group.
-    gradient_estimator: ``'straight_through'`` or ``'rotation_trick'`` (the
-      rotation acts on each group's sub-vector).
-    dead_code_threshold, kmeans_init, kmeans_iterations: see
-      `VectorQuantizerEMA` (per group).
-  """
-  num_groups: int
-  num_embeddings: int
-  embedding_dim: int
-  commitment_cost: float = 0.25
-  decay: float = 0.99
-  epsilon: float = 1e-5
-  chunk_size: Optional[int] = None
-  dtype: Optional[Any] = None
-  l2_normalize: bool = False
-  gradient_estimator: str = estimators.STRAIGHT_THROUGH
-  dead_code_threshold: float = 0.0
-  kmeans_init: bool = False
-  kmeans_iterations: int = 10
-
-  def __post_init__(self):
-    vq_lib.validate_int_at_least_one('num_groups', self.num_groups)
-    vq_lib.validate_int_at_least_one('num_embeddings', self.num_embeddings)
-    vq_lib.validate_int_at_least_one('embedding_dim', self.embedding_dim)
-    if self.embedding_dim % self.num_groups:
-      raise ValueError(
-          f'num_groups={self.num_groups} must divide embedding_dim='
-          f'{self.embedding_dim} (each group gets embedding_dim / num_groups '
-          f'channels).')
-    core.validate_chunk_size(self.chunk_size)
-    vq_lib.validate_commitment_cost(self.commitment_cost)
-    if not isinstance(self.l2_normalize, bool):
-      raise ValueError(
-          f'l2_normalize must be True or False, got {self.l2_normalize!r}.')
-    estimators.validate_gradient_estimator(self.gradient_estimator)
-    ema_codebook.validate_ema_fields(self)
-    super().__post_init__()
-
-  @property
-  def num_codebooks(self) -> int:
-    """Index streams per position: the groups (trailing axis of indices)."""
-    return self.num_groups
-
-  @property
-  def codebook_size(self) -> int:
-    return self.num_embeddings
-
-  @property
-  def group_dim(self) -> int:
-    return self.embedding_dim // self.num_groups
-
-  def setup(self):
-    self.ema = ema_codebook.declare_variables(
-        self, (self.num_groups,), self.num_embeddings, self.group_dim,
-        self.kmeans_init)
-
-  def codes(self) -> Array:
-    """``(G, K, D/G)`` codes (normalised if cosine)."""
-    codebooks = self.ema[core.CODEBOOK].value
-    return codebook_ops.l2_normalize(codebooks) if self.l2_normalize else (
-        codebooks)
-
-  def __call__(self,
-               inputs: Array,
-               *,
-               train: bool,
-               mask: Optional[Array] = None) -> dict[str, Array]:
-    """Quantises ``inputs`` ``(..., D)``; EMA updates when ``train``.
-
-    Returns the common quantiser dict (``quantize``, ``loss``,
-    ``e_latent_loss``, ``q_latent_loss``, ``perplexity``,
-    ``encoding_indices`` of shape ``inputs.shape[:-1] + (G,)``), plus
-    ``dead_codes`` (summed over groups) when ``dead_code_threshold > 0``.
+    Attributes:
+      num_groups: G, must divide ``embedding_dim``.
+      num_embeddings: codes per group K.
+      embedding_dim: D.
+      commitment_cost: beta of eq. (3).
+      decay, epsilon: EMA decay and Laplace smoothing.
+      chunk_size: see `VectorQuantizer`.
+      dtype: dtype of ``quantize`` (None: the inputs').
+      l2_normalize: cosine codes within each group.
+      gradient_estimator: ``'straight_through'`` or ``'rotation_trick'`` (the
+        rotation acts on each group's sub-vector).
+      dead_code_threshold, kmeans_init, kmeans_iterations: see
+        `VectorQuantizerEMA` (per group).
     """
-    inputs = jnp.asarray(inputs)
-    vq_lib.check_inputs(self, inputs)
-    batch_shape = inputs.shape[:-1]
-    flat_mask = vq_lib.flatten_mask(self, batch_shape, mask)
-    update = ema_codebook.should_update(self, train)
-    groups = inputs.reshape(batch_shape + (self.num_groups, self.group_dim))
-    if self.l2_normalize:
-      groups = codebook_ops.l2_normalize(groups)
-    flat_groups = groups.reshape(-1, self.num_groups, self.group_dim)
-    # (G, N, D/G): the group axis first, for vmap.
-    per_group = jax.lax.stop_gradient(
-        jnp.swapaxes(flat_groups, 0, 1).astype(jnp.float32))
-    kmeans_keys = restart_keys = None
-    if update and ema_codebook.needs_rng(self):
-      kmeans_key, restart_key = jax.random.split(
-          ema_codebook.quantizer_key(self))
-      kmeans_keys = jax.random.split(kmeans_key, self.num_groups)
-      restart_keys = jax.random.split(restart_key, self.num_groups)
-    if update and self.kmeans_init:
-      kmeans_one = lambda x, key: ema_codebook.kmeans_codebook(
-          x, self.num_embeddings, key, self, flat_mask,
-          spherical=self.l2_normalize)
-      ema_codebook.maybe_kmeans_init(
-          self.ema, lambda: jax.vmap(kmeans_one)(per_group, kmeans_keys))
-    codes = jax.lax.stop_gradient(self.codes())
 
-    nearest = lambda x, codebook: core.nearest_code(x, codebook,
-                                                    self.chunk_size)[0]
-    indices = jax.vmap(nearest)(per_group, codes)  # (G, N)
-    quantized = jax.vmap(lambda c, i: jnp.take(c, i, axis=0))(codes, indices)
-    quantized = jnp.swapaxes(quantized, 0, 1)  # (N, G, D/G)
-    row_mask = (None if flat_mask is None else jnp.repeat(
-        flat_mask, self.num_groups))
-    losses = core.vq_losses(flat_groups, quantized, row_mask)
-    output_dtype = self.dtype if self.dtype is not None else inputs.dtype
-    quantize = estimators.estimate(
-        self.gradient_estimator, groups.astype(output_dtype),
-        quantized.reshape(groups.shape)).reshape(inputs.shape)
-    perplexities = jax.vmap(
-        lambda i: core.perplexity(i, self.num_embeddings, flat_mask))(indices)
-    outputs = {
-        'quantize': quantize,
-        'loss': self.commitment_cost * losses['e_latent_loss'],
-        'perplexity': jnp.mean(perplexities),
-        'encoding_indices': jnp.swapaxes(indices, 0, 1).reshape(
-            batch_shape + (self.num_groups,)),
-        **losses,
-    }
-    if update:
-      state = ema_codebook.read_state(self.ema)
-      step = lambda s, x, i, key: ema_codebook.ema_step(
-          s, x, i, key, self, self.num_embeddings, flat_mask)
-      if restart_keys is None:
-        state, num_dead = jax.vmap(lambda s, x, i: step(s, x, i, None))(
-            state, per_group, indices)
-      else:
-        state, num_dead = jax.vmap(step)(state, per_group, indices,
-                                         restart_keys)
-      ema_codebook.write_state(self.ema, state)
-      num_dead = jnp.sum(num_dead)
-    elif self.dead_code_threshold > 0:
-      usage = jax.vmap(codebook_ops.ema_usage, (0, None))(
-          ema_codebook.read_state(self.ema), self.decay)
-      num_dead = jnp.sum((usage < self.dead_code_threshold).astype(jnp.float32))
-    if self.dead_code_threshold > 0:
-      outputs['dead_codes'] = num_dead
-    return outputs
+    num_groups: int
+    num_embeddings: int
+    embedding_dim: int
+    commitment_cost: float = 0.25
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    chunk_size: int | None = None
+    dtype: Any | None = None
+    l2_normalize: bool = False
+    gradient_estimator: str = estimators.STRAIGHT_THROUGH
+    dead_code_threshold: float = 0.0
+    kmeans_init: bool = False
+    kmeans_iterations: int = 10
 
-  def lookup(self, indices: Array) -> Array:
-    """``(..., G)`` indices -> the concatenated codes ``(..., D)``."""
-    indices = jnp.asarray(indices)
-    if indices.ndim == 0 or indices.shape[-1] != self.num_groups:
-      raise ValueError(
-          f'ProductVQ indices must end in the {self.num_groups} groups; got '
-          f'shape {indices.shape}.')
-    codes = self.codes()
-    vectors = jnp.stack([
-        jnp.take(codes[g], indices[..., g], axis=0)
-        for g in range(self.num_groups)
-    ], axis=-2)
-    vectors = vectors.reshape(indices.shape[:-1] + (self.embedding_dim,))
-    return vectors if self.dtype is None else vectors.astype(self.dtype)
+    def __post_init__(self):
+        vq_lib.validate_int_at_least_one("num_groups", self.num_groups)
+        vq_lib.validate_int_at_least_one("num_embeddings", self.num_embeddings)
+        vq_lib.validate_int_at_least_one("embedding_dim", self.embedding_dim)
+        if self.embedding_dim % self.num_groups:
+            raise ValueError(
+                f"num_groups={self.num_groups} must divide embedding_dim="
+                f"{self.embedding_dim} (each group gets embedding_dim / num_groups "
+                f"channels)."
+            )
+        core.validate_chunk_size(self.chunk_size)
+        vq_lib.validate_commitment_cost(self.commitment_cost)
+        if not isinstance(self.l2_normalize, bool):
+            raise ValueError(f"l2_normalize must be True or False, got {self.l2_normalize!r}.")
+        estimators.validate_gradient_estimator(self.gradient_estimator)
+        ema_codebook.validate_ema_fields(self)
+        super().__post_init__()
+
+    @property
+    def num_codebooks(self) -> int:
+        """Index streams per position: the groups (trailing axis of indices)."""
+        return self.num_groups
+
+    @property
+    def codebook_size(self) -> int:
+        return self.num_embeddings
+
+    @property
+    def group_dim(self) -> int:
+        return self.embedding_dim // self.num_groups
+
+    def setup(self):
+        self.ema = ema_codebook.declare_variables(
+            self, (self.num_groups,), self.num_embeddings, self.group_dim, self.kmeans_init
+        )
+
+    def codes(self) -> Array:
+        """``(G, K, D/G)`` codes (normalised if cosine)."""
+        codebooks = self.ema[core.CODEBOOK].value
+        return codebook_ops.l2_normalize(codebooks) if self.l2_normalize else (codebooks)
+
+    def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
+        """Quantises ``inputs`` ``(..., D)``; EMA updates when ``train``.
+
+        Returns the common quantiser dict (``quantize``, ``loss``,
+        ``e_latent_loss``, ``q_latent_loss``, ``perplexity``,
+        ``encoding_indices`` of shape ``inputs.shape[:-1] + (G,)``), plus
+        ``dead_codes`` (summed over groups) when ``dead_code_threshold > 0``.
+        """
+        inputs = jnp.asarray(inputs)
+        vq_lib.check_inputs(self, inputs)
+        batch_shape = inputs.shape[:-1]
+        flat_mask = vq_lib.flatten_mask(self, batch_shape, mask)
+        update = ema_codebook.should_update(self, train)
+        groups = inputs.reshape(batch_shape + (self.num_groups, self.group_dim))
+        if self.l2_normalize:
+            groups = codebook_ops.l2_normalize(groups)
+        flat_groups = groups.reshape(-1, self.num_groups, self.group_dim)
+        # (G, N, D/G): the group axis first, for vmap.
+        per_group = jax.lax.stop_gradient(jnp.swapaxes(flat_groups, 0, 1).astype(jnp.float32))
+        kmeans_keys = restart_keys = None
+        if update and ema_codebook.needs_rng(self):
+            kmeans_key, restart_key = jax.random.split(ema_codebook.quantizer_key(self))
+            kmeans_keys = jax.random.split(kmeans_key, self.num_groups)
+            restart_keys = jax.random.split(restart_key, self.num_groups)
+        if update and self.kmeans_init:
+            kmeans_one = lambda x, key: ema_codebook.kmeans_codebook(
+                x, self.num_embeddings, key, self, flat_mask, spherical=self.l2_normalize
+            )
+            ema_codebook.maybe_kmeans_init(self.ema, lambda: jax.vmap(kmeans_one)(per_group, kmeans_keys))
+        codes = jax.lax.stop_gradient(self.codes())
+
+        nearest = lambda x, codebook: core.nearest_code(x, codebook, self.chunk_size)[0]
+        indices = jax.vmap(nearest)(per_group, codes)  # (G, N)
+        quantized = jax.vmap(lambda c, i: jnp.take(c, i, axis=0))(codes, indices)
+        quantized = jnp.swapaxes(quantized, 0, 1)  # (N, G, D/G)
+        row_mask = None if flat_mask is None else jnp.repeat(flat_mask, self.num_groups)
+        losses = core.vq_losses(flat_groups, quantized, row_mask)
+        output_dtype = self.dtype if self.dtype is not None else inputs.dtype
+        quantize = estimators.estimate(
+            self.gradient_estimator, groups.astype(output_dtype), quantized.reshape(groups.shape)
+        ).reshape(inputs.shape)
+        perplexities = jax.vmap(lambda i: core.perplexity(i, self.num_embeddings, flat_mask))(indices)
+        outputs = {
+            "quantize": quantize,
+            "loss": self.commitment_cost * losses["e_latent_loss"],
+            "perplexity": jnp.mean(perplexities),
+            "encoding_indices": jnp.swapaxes(indices, 0, 1).reshape(batch_shape + (self.num_groups,)),
+            **losses,
+        }
+        if update:
+            state = ema_codebook.read_state(self.ema)
+            step = lambda s, x, i, key: ema_codebook.ema_step(
+                s, x, i, key, self, self.num_embeddings, flat_mask
+            )
+            if restart_keys is None:
+                state, num_dead = jax.vmap(lambda s, x, i: step(s, x, i, None))(state, per_group, indices)
+            else:
+                state, num_dead = jax.vmap(step)(state, per_group, indices, restart_keys)
+            ema_codebook.write_state(self.ema, state)
+            num_dead = jnp.sum(num_dead)
+        elif self.dead_code_threshold > 0:
+            usage = jax.vmap(codebook_ops.ema_usage, (0, None))(ema_codebook.read_state(self.ema), self.decay)
+            num_dead = jnp.sum((usage < self.dead_code_threshold).astype(jnp.float32))
+        if self.dead_code_threshold > 0:
+            outputs["dead_codes"] = num_dead
+        return outputs
+
+    def lookup(self, indices: Array) -> Array:
+        """``(..., G)`` indices -> the concatenated codes ``(..., D)``."""
+        indices = jnp.asarray(indices)
+        if indices.ndim == 0 or indices.shape[-1] != self.num_groups:
+            raise ValueError(
+                f"ProductVQ indices must end in the {self.num_groups} groups; got shape {indices.shape}."
+            )
+        codes = self.codes()
+        vectors = jnp.stack(
+            [jnp.take(codes[g], indices[..., g], axis=0) for g in range(self.num_groups)], axis=-2
+        )
+        vectors = vectors.reshape(indices.shape[:-1] + (self.embedding_dim,))
+        return vectors if self.dtype is None else vectors.astype(self.dtype)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax
 import jax
@@ -22,116 +23,137 @@ import numpy as np
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a resumed run needs, as one pytree (checkpointed by orbax).
+    """Everything a resumed run needs, as one pytree (checkpointed by orbax).
 
-  `model_state` holds the non-parameter variable collections (e.g. the EMA
-  codebook statistics `vq_ema`, BatchNorm `batch_stats`); `rng` is raw key data
-  (uint32) folded with the step for per-step randomness.
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  model_state: Any
-  rng: jax.Array
+    `model_state` holds the non-parameter variable collections (e.g. the EMA
+    codebook statistics `vq_ema`, BatchNorm `batch_stats`); `rng` is raw key data
+    (uint32) folded with the step for per-step randomness.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any
+    rng: jax.Array
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str):
-  """`config.dtype` -> the activations' dtype (parameters stay float32)."""
-  if name not in DTYPES:
-    raise ValueError(f"Unknown config.dtype={name!r}; choose one of {sorted(DTYPES)}.")
-  return DTYPES[name]
+    """`config.dtype` -> the activations' dtype (parameters stay float32)."""
+    if name not in DTYPES:
+        raise ValueError(f"Unknown config.dtype={name!r}; choose one of {sorted(DTYPES)}.")
+    return DTYPES[name]
 
 
 GRID_COLUMNS = 8  # Columns of the PNG grids written at each evaluation.
 
 
 def state_from_variables(variables: Mapping[str, Any], tx: Any, rng: jax.Array) -> TrainState:
-  """A step-0 TrainState from `model.init` variables: 'params' are optimized, the rest is state."""
-  params = variables["params"]
-  model_state = {k: v for k, v in variables.items() if k != "params"}
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    model_state=model_state, rng=rng)
+    """A step-0 TrainState from `model.init` variables: 'params' are optimized, the rest is state."""
+    params = variables["params"]
+    model_state = {k: v for k, v in variables.items() if k != "params"}
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
+        model_state=model_state,
+        rng=rng,
+    )
 
 
-def apply_for_training(model: Any, params: Any, model_state: Mapping[str, Any], *args: Any,
-                       rngs: Mapping[str, jax.Array] | None = None, **kwargs: Any) -> tuple[Any, Any]:
-  """`model.apply(..., train=True)` with every state collection mutable.
+def apply_for_training(
+    model: Any,
+    params: Any,
+    model_state: Mapping[str, Any],
+    *args: Any,
+    rngs: Mapping[str, jax.Array] | None = None,
+    **kwargs: Any,
+) -> tuple[Any, Any]:
+    """`model.apply(..., train=True)` with every state collection mutable.
 
-  Returns (outputs, new model state); a model without state collections keeps `{}`.
-  """
-  mutable = list(model_state)
-  outputs = model.apply({"params": params, **model_state}, *args, train=True,
-                        mutable=mutable or False, rngs=rngs, **kwargs)
-  return outputs if mutable else (outputs, model_state)
+    Returns (outputs, new model state); a model without state collections keeps `{}`.
+    """
+    mutable = list(model_state)
+    outputs = model.apply(
+        {"params": params, **model_state}, *args, train=True, mutable=mutable or False, rngs=rngs, **kwargs
+    )
+    return outputs if mutable else (outputs, model_state)
 
 
 def apply_gradients(state: TrainState, grads: Any, tx: Any, model_state: Any) -> TrainState:
-  """One optimizer update; the step counter advances and the model state is replaced."""
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = jax.tree.map(jnp.add, state.params, updates)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                       model_state=model_state)
+    """One optimizer update; the step counter advances and the model state is replaced."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = jax.tree.map(jnp.add, state.params, updates)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
 
 
 class Task(abc.ABC):
-  """A model family: init, one train step, evaluation sums and their summary."""
+    """A model family: init, one train step, evaluation sums and their summary."""
 
-  def __init__(self, config: ml_collections.ConfigDict, spec: Any):
-    self.config = config
-    self.spec = spec
+    def __init__(self, config: ml_collections.ConfigDict, spec: Any):
+        self.config = config
+        self.spec = spec
 
-  def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
-    """A batch of the dataset's shapes, for initialisation and `eval_shape`."""
-    return {"image": np.zeros((batch_size, *self.spec.image_shape), np.float32),
-            "label": np.zeros((batch_size,), np.int32)}
+    def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
+        """A batch of the dataset's shapes, for initialisation and `eval_shape`."""
+        return {
+            "image": np.zeros((batch_size, *self.spec.image_shape), np.float32),
+            "label": np.zeros((batch_size,), np.int32),
+        }
 
-  @abc.abstractmethod
-  def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> TrainState:
-    """Initial TrainState; jitted by the loop with replicated outputs."""
+    @abc.abstractmethod
+    def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> TrainState:
+        """Initial TrainState; jitted by the loop with replicated outputs."""
 
-  @abc.abstractmethod
-  def train_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop."""
+    @abc.abstractmethod
+    def train_step(
+        self, state: TrainState, batch: Mapping[str, jax.Array]
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop."""
 
-  @abc.abstractmethod
-  def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
-    """Sums over one (padded, masked) eval batch; the loop adds them over batches."""
+    @abc.abstractmethod
+    def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
+        """Sums over one (padded, masked) eval batch; the loop adds them over batches."""
 
-  @abc.abstractmethod
-  def eval_summary(self, totals: Any) -> dict[str, Any]:
-    """Host-side: accumulated sums (numpy) -> metrics dict (JSON-able)."""
+    @abc.abstractmethod
+    def eval_summary(self, totals: Any) -> dict[str, Any]:
+        """Host-side: accumulated sums (numpy) -> metrics dict (JSON-able)."""
 
-  def eval_images(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
-    """Named image stacks (N, H, W, C) in [0, 1]; each is written as a PNG grid of
-    `GRID_COLUMNS` columns at each evaluation."""
-    del state, batch
-    return {}
+    def eval_images(self, state: TrainState, batch: Mapping[str, jax.Array]) -> dict[str, np.ndarray]:
+        """Named image stacks (N, H, W, C) in [0, 1]; each is written as a PNG grid of
+        `GRID_COLUMNS` columns at each evaluation."""
+        del state, batch
+        return {}
 
-  def summary_images(self, totals: Any) -> dict[str, np.ndarray]:
-    """Host-side: named image stacks drawn from the accumulated eval sums of the
-    whole eval split (e.g. code-usage histograms); written like `eval_images`."""
-    del totals
-    return {}
+    def summary_images(self, totals: Any) -> dict[str, np.ndarray]:
+        """Host-side: named image stacks drawn from the accumulated eval sums of the
+        whole eval split (e.g. code-usage histograms); written like `eval_images`."""
+        del totals
+        return {}
 
-  def modes(self) -> dict[str, Any]:
-    """Extra `--mode=` values this task supports: name -> fn(config, workdir)."""
-    return {}
+    def modes(self) -> dict[str, Any]:
+        """Extra `--mode=` values this task supports: name -> fn(config, workdir)."""
+        return {}
 
 
 def make_task(config: ml_collections.ConfigDict, spec: Any) -> Task:
-  """Looks the task up by `config.model_name` (module `vqlatent.trainers.<name>`)."""
-  name = config.model_name
-  try:
-    module = importlib.import_module(f"vqlatent.trainers.{name}")
-  except ModuleNotFoundError as e:
-    if e.name != f"vqlatent.trainers.{name}":
-      raise
-    import pkgutil  # pylint: disable=g-import-not-at-top
-    import vqlatent.trainers as trainers_pkg  # pylint: disable=g-import-not-at-top
-    known = sorted(m.name for m in pkgutil.iter_modules(trainers_pkg.__path__)
-                   if m.name not in ("base", "loop", "optim"))
-    raise ValueError(f"Unknown config.model_name={name!r}; known: {known}.") from None
-  return module.Task(config, spec)
+    """Looks the task up by `config.model_name` (module `vqlatent.trainers.<name>`)."""
+    name = config.model_name
+    try:
+        module = importlib.import_module(f"vqlatent.trainers.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"vqlatent.trainers.{name}":
+            raise
+        import pkgutil  # pylint: disable=g-import-not-at-top
+
+        import vqlatent.trainers as trainers_pkg  # pylint: disable=g-import-not-at-top
+
+        known = sorted(
+            m.name
+            for m in pkgutil.iter_modules(trainers_pkg.__path__)
+            if m.name not in ("base", "loop", "optim")
+        )
+        raise ValueError(f"Unknown config.model_name={name!r}; known: {known}.") from None
+    return module.Task(config, spec)

@@ -45,254 +45,312 @@ Evaluation (every `eval_every_steps` and `--mode=eval`):
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 
 from vqlatent import infogan as ig
 from vqlatent.evaluation import images as image_lib
-from vqlatent.nets.infogan import Discriminator, Generator, init_variables
-from vqlatent.nets.infogan import check_discriminator_shape, check_generator_shape
+from vqlatent.nets.infogan import (
+    Discriminator,
+    Generator,
+    check_discriminator_shape,
+    check_generator_shape,
+    init_variables,
+)
 from vqlatent.trainers import base
-from vqlatent.trainers.optim import make_optimizer
 from vqlatent.trainers.base import compute_dtype
+from vqlatent.trainers.optim import make_optimizer
 
 NETS = ("generator", "discriminator")
 EVAL_SEED = 20160612  # Generated eval samples and grids use fixed keys: comparable across steps.
 
 
 def _images_checksum(images: jax.Array) -> jax.Array:
-  """A uint32 fingerprint of a batch's pixels (modular integer sum: the same on any mesh)."""
-  pixels = jnp.round(images * 255.0).astype(jnp.uint32).reshape(-1)
-  positions = jnp.arange(1, pixels.size + 1, dtype=jnp.uint32)
-  return jnp.sum(pixels * positions, dtype=jnp.uint32)
+    """A uint32 fingerprint of a batch's pixels (modular integer sum: the same on any mesh)."""
+    pixels = jnp.round(images * 255.0).astype(jnp.uint32).reshape(-1)
+    positions = jnp.arange(1, pixels.size + 1, dtype=jnp.uint32)
+    return jnp.sum(pixels * positions, dtype=jnp.uint32)
 
 
 class Task(base.Task):
-  """InfoGAN on images in [0, 1]: generator, discriminator trunk with D and Q heads."""
+    """InfoGAN on images in [0, 1]: generator, discriminator trunk with D and Q heads."""
 
-  def __init__(self, config: ml_collections.ConfigDict, spec: Any):
-    super().__init__(config, spec)
-    m = config.model
-    self.latent_spec = ig.latent_spec_from_config(m.latent)
-    ig.require_codes(self.latent_spec, any_code=True, purpose="InfoGAN (model_name='infogan')")
-    ig.check_continuous_std(m.q.continuous_std, m.q.fixed_std)
-    check_generator_shape(spec.image_shape, m.generator.base_shape, len(m.generator.upconv_features))
-    check_discriminator_shape(spec.image_shape, len(m.discriminator.conv_features))
-    dtype = compute_dtype(config.dtype)
-    if not m.init_std > 0:
-      raise ValueError(f"model.init_std={m.init_std!r} must be positive (kernels ~ N(0, init_std^2)).")
-    kernel_init = nn.initializers.normal(m.init_std)
-    self.generator = Generator(
-        fc_features=tuple(m.generator.fc_features), base_shape=tuple(m.generator.base_shape),
-        upconv_features=tuple(m.generator.upconv_features), out_channels=spec.image_shape[-1],
-        kernel_init=kernel_init, dtype=dtype)
-    self.discriminator = Discriminator(
-        conv_features=tuple(m.discriminator.conv_features), fc_features=tuple(m.discriminator.fc_features),
-        q_hidden=m.q.hidden, q_output_dim=ig.q_output_dim(self.latent_spec, m.q.continuous_std),
-        leaky_slope=m.discriminator.leaky_slope, kernel_init=kernel_init, dtype=dtype)
-    self.entropies = ig.code_entropies(self.latent_spec)
-    info = config.info
-    for field in ("lambda_categorical", "lambda_continuous"):
-      if not info[field] >= 0:
-        raise ValueError(f"info.{field}={info[field]!r} must be >= 0.")
-    self.detach_q = bool(info.detach_q)
-    self.g_weights = ig.code_weights(self.latent_spec, info.lambda_categorical, info.lambda_continuous)
-    untrained = [name for name, w in self.g_weights.items() if w == 0]
-    if untrained and not self.detach_q:
-      raise ValueError(
-          f"info.lambda_{'categorical' if untrained[0].startswith('cat') else 'continuous'}=0 with "
-          f"info.detach_q=False leaves Q untrained for code(s) {untrained}: set info.detach_q=True "
-          f"(a plain GAN with Q fit on the side, the paper's control) or a positive lambda.")
-    self.q_weights = ({name: 1.0 for name in self.g_weights} if self.detach_q else dict(self.g_weights))
-    self.tx = {name: make_optimizer(config.optimizer[name], config.num_train_steps) for name in NETS}
-    self.num_classes = spec.num_classes
+    def __init__(self, config: ml_collections.ConfigDict, spec: Any):
+        super().__init__(config, spec)
+        m = config.model
+        self.latent_spec = ig.latent_spec_from_config(m.latent)
+        ig.require_codes(self.latent_spec, any_code=True, purpose="InfoGAN (model_name='infogan')")
+        ig.check_continuous_std(m.q.continuous_std, m.q.fixed_std)
+        check_generator_shape(spec.image_shape, m.generator.base_shape, len(m.generator.upconv_features))
+        check_discriminator_shape(spec.image_shape, len(m.discriminator.conv_features))
+        dtype = compute_dtype(config.dtype)
+        if not m.init_std > 0:
+            raise ValueError(f"model.init_std={m.init_std!r} must be positive (kernels ~ N(0, init_std^2)).")
+        kernel_init = nn.initializers.normal(m.init_std)
+        self.generator = Generator(
+            fc_features=tuple(m.generator.fc_features),
+            base_shape=tuple(m.generator.base_shape),
+            upconv_features=tuple(m.generator.upconv_features),
+            out_channels=spec.image_shape[-1],
+            kernel_init=kernel_init,
+            dtype=dtype,
+        )
+        self.discriminator = Discriminator(
+            conv_features=tuple(m.discriminator.conv_features),
+            fc_features=tuple(m.discriminator.fc_features),
+            q_hidden=m.q.hidden,
+            q_output_dim=ig.q_output_dim(self.latent_spec, m.q.continuous_std),
+            leaky_slope=m.discriminator.leaky_slope,
+            kernel_init=kernel_init,
+            dtype=dtype,
+        )
+        self.entropies = ig.code_entropies(self.latent_spec)
+        info = config.info
+        for field in ("lambda_categorical", "lambda_continuous"):
+            if not info[field] >= 0:
+                raise ValueError(f"info.{field}={info[field]!r} must be >= 0.")
+        self.detach_q = bool(info.detach_q)
+        self.g_weights = ig.code_weights(self.latent_spec, info.lambda_categorical, info.lambda_continuous)
+        untrained = [name for name, w in self.g_weights.items() if w == 0]
+        if untrained and not self.detach_q:
+            raise ValueError(
+                f"info.lambda_{'categorical' if untrained[0].startswith('cat') else 'continuous'}=0 with "
+                f"info.detach_q=False leaves Q untrained for code(s) {untrained}: set info.detach_q=True "
+                f"(a plain GAN with Q fit on the side, the paper's control) or a positive lambda."
+            )
+        self.q_weights = {name: 1.0 for name in self.g_weights} if self.detach_q else dict(self.g_weights)
+        self.tx = {name: make_optimizer(config.optimizer[name], config.num_train_steps) for name in NETS}
+        self.num_classes = spec.num_classes
 
-  # -- helpers -----------------------------------------------------------------
-  def q_posterior(self, q_outputs: jax.Array) -> ig.Posterior:
-    """Q's flat outputs -> Q(c | x) per code."""
-    q = self.config.model.q
-    return ig.split_q_outputs(self.latent_spec, q_outputs, q.continuous_std, q.fixed_std)
+    # -- helpers -----------------------------------------------------------------
+    def q_posterior(self, q_outputs: jax.Array) -> ig.Posterior:
+        """Q's flat outputs -> Q(c | x) per code."""
+        q = self.config.model.q
+        return ig.split_q_outputs(self.latent_spec, q_outputs, q.continuous_std, q.fixed_std)
 
-  def _variables(self, state: base.TrainState, net: str) -> dict[str, Any]:
-    return {"params": state.params[net], **state.model_state[net]}
+    def _variables(self, state: base.TrainState, net: str) -> dict[str, Any]:
+        return {"params": state.params[net], **state.model_state[net]}
 
-  def generate(self, state: base.TrainState, latents: ig.Latents) -> jax.Array:
-    """G(z, c) in evaluation mode (BatchNorm running averages), images in [0, 1]."""
-    return self.generator.apply(self._variables(state, "generator"),
-                                ig.generator_input(self.latent_spec, latents), train=False)
+    def generate(self, state: base.TrainState, latents: ig.Latents) -> jax.Array:
+        """G(z, c) in evaluation mode (BatchNorm running averages), images in [0, 1]."""
+        return self.generator.apply(
+            self._variables(state, "generator"), ig.generator_input(self.latent_spec, latents), train=False
+        )
 
-  # -- state -------------------------------------------------------------------
-  def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
-    g_rng, d_rng, state_rng = jax.random.split(rng, 3)
-    images = batch["image"]
-    inputs = jnp.zeros((images.shape[0], self.latent_spec.input_dim), jnp.float32)
-    init_std = self.config.model.init_std
-    variables = {"generator": init_variables(self.generator, g_rng, inputs, train=False, init_std=init_std),
-                 "discriminator": init_variables(self.discriminator, d_rng, images, train=False,
-                                                 init_std=init_std)}
-    params = {name: v["params"] for name, v in variables.items()}
-    model_state = {name: {k: x for k, x in v.items() if k != "params"} for name, v in variables.items()}
-    opt_state = {name: self.tx[name].init(params[name]) for name in NETS}
-    return base.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                           model_state=model_state, rng=state_rng)
+    # -- state -------------------------------------------------------------------
+    def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
+        g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+        images = batch["image"]
+        inputs = jnp.zeros((images.shape[0], self.latent_spec.input_dim), jnp.float32)
+        init_std = self.config.model.init_std
+        variables = {
+            "generator": init_variables(self.generator, g_rng, inputs, train=False, init_std=init_std),
+            "discriminator": init_variables(
+                self.discriminator, d_rng, images, train=False, init_std=init_std
+            ),
+        }
+        params = {name: v["params"] for name, v in variables.items()}
+        model_state = {name: {k: x for k, x in v.items() if k != "params"} for name, v in variables.items()}
+        opt_state = {name: self.tx[name].init(params[name]) for name in NETS}
+        return base.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            model_state=model_state,
+            rng=state_rng,
+        )
 
-  # -- training ----------------------------------------------------------------
-  def discriminator_loss(self, d_params, d_state, real, fake, latents):
-    """Step 1's loss; returns (loss, (new D model state, metrics))."""
-    real_out, _ = self.discriminator.apply({"params": d_params, **d_state}, real, train=True,
-                                           mutable=["batch_stats"])
-    fake_out, new_d_state = self.discriminator.apply({"params": d_params, **d_state}, fake, train=True,
-                                                     detach_q=self.detach_q, mutable=["batch_stats"])
-    gan = ig.discriminator_gan_loss(real_out["d_logits"], fake_out["d_logits"])
-    log_liks = ig.code_log_likelihoods(self.latent_spec, self.q_posterior(fake_out["q_outputs"]), latents)
-    q_loss = ig.info_loss(log_liks, self.q_weights)
-    metrics = {"d_loss": gan, "q_loss": q_loss,
-               "d_real_prob": jnp.mean(jax.nn.sigmoid(real_out["d_logits"])),
-               "d_fake_prob": jnp.mean(jax.nn.sigmoid(fake_out["d_logits"]))}
-    return gan + q_loss, (new_d_state, metrics)
+    # -- training ----------------------------------------------------------------
+    def discriminator_loss(self, d_params, d_state, real, fake, latents):
+        """Step 1's loss; returns (loss, (new D model state, metrics))."""
+        real_out, _ = self.discriminator.apply(
+            {"params": d_params, **d_state}, real, train=True, mutable=["batch_stats"]
+        )
+        fake_out, new_d_state = self.discriminator.apply(
+            {"params": d_params, **d_state}, fake, train=True, detach_q=self.detach_q, mutable=["batch_stats"]
+        )
+        gan = ig.discriminator_gan_loss(real_out["d_logits"], fake_out["d_logits"])
+        log_liks = ig.code_log_likelihoods(self.latent_spec, self.q_posterior(fake_out["q_outputs"]), latents)
+        q_loss = ig.info_loss(log_liks, self.q_weights)
+        metrics = {
+            "d_loss": gan,
+            "q_loss": q_loss,
+            "d_real_prob": jnp.mean(jax.nn.sigmoid(real_out["d_logits"])),
+            "d_fake_prob": jnp.mean(jax.nn.sigmoid(fake_out["d_logits"])),
+        }
+        return gan + q_loss, (new_d_state, metrics)
 
-  def generator_loss(self, g_params, g_state, d_variables, latents):
-    """Step 2's loss; returns (loss, (new G model state, metrics))."""
-    inputs = ig.generator_input(self.latent_spec, latents)
-    fake, new_g_state = self.generator.apply({"params": g_params, **g_state}, inputs, train=True,
-                                             mutable=["batch_stats"])
-    out, _ = self.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
-    gan = ig.generator_gan_loss(out["d_logits"])
-    posterior = self.q_posterior(out["q_outputs"])
-    log_liks = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
-    info = ig.info_loss(log_liks, self.g_weights)
-    bounds = ig.mutual_information_lower_bounds(log_liks, self.entropies)
-    metrics = {"g_loss": gan, "info_loss": info, **{f"{k}_mi_lower_bound": v for k, v in bounds.items()}}
-    if self.latent_spec.num_continuous and self.config.model.q.continuous_std == "learned":
-      stds = jnp.mean(jnp.exp(posterior.continuous_log_std), axis=0)
-      metrics.update({f"cont{j}_q_std": stds[j] for j in range(self.latent_spec.num_continuous)})
-    return gan + info, (new_g_state, metrics)
+    def generator_loss(self, g_params, g_state, d_variables, latents):
+        """Step 2's loss; returns (loss, (new G model state, metrics))."""
+        inputs = ig.generator_input(self.latent_spec, latents)
+        fake, new_g_state = self.generator.apply(
+            {"params": g_params, **g_state}, inputs, train=True, mutable=["batch_stats"]
+        )
+        out, _ = self.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
+        gan = ig.generator_gan_loss(out["d_logits"])
+        posterior = self.q_posterior(out["q_outputs"])
+        log_liks = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
+        info = ig.info_loss(log_liks, self.g_weights)
+        bounds = ig.mutual_information_lower_bounds(log_liks, self.entropies)
+        metrics = {"g_loss": gan, "info_loss": info, **{f"{k}_mi_lower_bound": v for k, v in bounds.items()}}
+        if self.latent_spec.num_continuous and self.config.model.q.continuous_std == "learned":
+            stds = jnp.mean(jnp.exp(posterior.continuous_log_std), axis=0)
+            metrics.update({f"cont{j}_q_std": stds[j] for j in range(self.latent_spec.num_continuous)})
+        return gan + info, (new_g_state, metrics)
 
-  def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-    real = batch["image"]
-    batch_size = real.shape[0]
-    # The latents of both updates in one draw (one random kernel for XLA to compile).
-    both = ig.sample_latents(jax.random.fold_in(state.rng, state.step), self.latent_spec, 2 * batch_size)
-    d_latents, g_latents = (jax.tree.map(lambda a: a[:batch_size], both),
-                            jax.tree.map(lambda a: a[batch_size:], both))
-    params, opt_state, model_state = dict(state.params), dict(state.opt_state), dict(state.model_state)
+    def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+        real = batch["image"]
+        batch_size = real.shape[0]
+        # The latents of both updates in one draw (one random kernel for XLA to compile).
+        both = ig.sample_latents(jax.random.fold_in(state.rng, state.step), self.latent_spec, 2 * batch_size)
+        d_latents, g_latents = (
+            jax.tree.map(lambda a: a[:batch_size], both),
+            jax.tree.map(lambda a: a[batch_size:], both),
+        )
+        params, opt_state, model_state = dict(state.params), dict(state.opt_state), dict(state.model_state)
 
-    # 1. D and Q, on a generated batch held fixed (G in train mode; its statistics are not kept).
-    fake, _ = self.generator.apply(self._variables(state, "generator"),
-                                   ig.generator_input(self.latent_spec, d_latents), train=True,
-                                   mutable=["batch_stats"])
-    d_grads, (d_state, d_metrics) = jax.grad(self.discriminator_loss, has_aux=True)(
-        params["discriminator"], model_state["discriminator"], real, jax.lax.stop_gradient(fake), d_latents)
-    updates, opt_state["discriminator"] = self.tx["discriminator"].update(
-        d_grads, opt_state["discriminator"], params["discriminator"])
-    params["discriminator"] = jax.tree.map(jnp.add, params["discriminator"], updates)
-    model_state["discriminator"] = d_state
+        # 1. D and Q, on a generated batch held fixed (G in train mode; its statistics are not kept).
+        fake, _ = self.generator.apply(
+            self._variables(state, "generator"),
+            ig.generator_input(self.latent_spec, d_latents),
+            train=True,
+            mutable=["batch_stats"],
+        )
+        d_grads, (d_state, d_metrics) = jax.grad(self.discriminator_loss, has_aux=True)(
+            params["discriminator"],
+            model_state["discriminator"],
+            real,
+            jax.lax.stop_gradient(fake),
+            d_latents,
+        )
+        updates, opt_state["discriminator"] = self.tx["discriminator"].update(
+            d_grads, opt_state["discriminator"], params["discriminator"]
+        )
+        params["discriminator"] = jax.tree.map(jnp.add, params["discriminator"], updates)
+        model_state["discriminator"] = d_state
 
-    # 2. G, through the updated D and Q, on fresh latents.
-    d_variables = {"params": params["discriminator"], **model_state["discriminator"]}
-    g_grads, (g_state, g_metrics) = jax.grad(self.generator_loss, has_aux=True)(
-        params["generator"], model_state["generator"], d_variables, g_latents)
-    updates, opt_state["generator"] = self.tx["generator"].update(
-        g_grads, opt_state["generator"], params["generator"])
-    params["generator"] = jax.tree.map(jnp.add, params["generator"], updates)
-    model_state["generator"] = g_state
+        # 2. G, through the updated D and Q, on fresh latents.
+        d_variables = {"params": params["discriminator"], **model_state["discriminator"]}
+        g_grads, (g_state, g_metrics) = jax.grad(self.generator_loss, has_aux=True)(
+            params["generator"], model_state["generator"], d_variables, g_latents
+        )
+        updates, opt_state["generator"] = self.tx["generator"].update(
+            g_grads, opt_state["generator"], params["generator"]
+        )
+        params["generator"] = jax.tree.map(jnp.add, params["generator"], updates)
+        model_state["generator"] = g_state
 
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state)
-    return new_state, {**d_metrics, **g_metrics}
+        new_state = state.replace(
+            step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+        )
+        return new_state, {**d_metrics, **g_metrics}
 
-  # -- evaluation --------------------------------------------------------------
-  def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-    images, labels, mask = batch["image"], batch["label"], batch["mask"]
-    spec = self.latent_spec
-    d_variables = self._variables(state, "discriminator")
-    real_out = self.discriminator.apply(d_variables, images, train=False)
-    posterior = self.q_posterior(real_out["q_outputs"])
-    sums = {"num_examples": jnp.sum(mask),
-            "d_real_prob": jnp.sum(jax.nn.sigmoid(real_out["d_logits"]) * mask)}
-    for i, k in enumerate(spec.categorical_sizes):
-      predicted = jnp.argmax(posterior.categorical_logits[i], axis=-1)
-      sums[f"cat{i}_counts"] = jnp.zeros((k,), jnp.float32).at[predicted].add(mask)
-      if self.num_classes:
-        sums[f"cat{i}_confusion"] = ig.confusion_matrix(predicted, labels, k, self.num_classes, mask)
-    # As many generated samples as real ones; the batch's pixels seed them, so each
-    # eval batch sees new latents and the evaluation is deterministic.
-    rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), _images_checksum(images))
-    latents = ig.sample_latents(rng, spec, images.shape[0])
-    fake_out = self.discriminator.apply(d_variables, self.generate(state, latents), train=False)
-    log_liks = ig.code_log_likelihoods(spec, self.q_posterior(fake_out["q_outputs"]), latents)
-    sums.update({f"{name}_log_likelihood": jnp.sum(ll * mask) for name, ll in log_liks.items()})
-    sums["d_fake_prob"] = jnp.sum(jax.nn.sigmoid(fake_out["d_logits"]) * mask)
-    return sums
+    # -- evaluation --------------------------------------------------------------
+    def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+        images, labels, mask = batch["image"], batch["label"], batch["mask"]
+        spec = self.latent_spec
+        d_variables = self._variables(state, "discriminator")
+        real_out = self.discriminator.apply(d_variables, images, train=False)
+        posterior = self.q_posterior(real_out["q_outputs"])
+        sums = {
+            "num_examples": jnp.sum(mask),
+            "d_real_prob": jnp.sum(jax.nn.sigmoid(real_out["d_logits"]) * mask),
+        }
+        for i, k in enumerate(spec.categorical_sizes):
+            predicted = jnp.argmax(posterior.categorical_logits[i], axis=-1)
+            sums[f"cat{i}_counts"] = jnp.zeros((k,), jnp.float32).at[predicted].add(mask)
+            if self.num_classes:
+                sums[f"cat{i}_confusion"] = ig.confusion_matrix(predicted, labels, k, self.num_classes, mask)
+        # As many generated samples as real ones; the batch's pixels seed them, so each
+        # eval batch sees new latents and the evaluation is deterministic.
+        rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), _images_checksum(images))
+        latents = ig.sample_latents(rng, spec, images.shape[0])
+        fake_out = self.discriminator.apply(d_variables, self.generate(state, latents), train=False)
+        log_liks = ig.code_log_likelihoods(spec, self.q_posterior(fake_out["q_outputs"]), latents)
+        sums.update({f"{name}_log_likelihood": jnp.sum(ll * mask) for name, ll in log_liks.items()})
+        sums["d_fake_prob"] = jnp.sum(jax.nn.sigmoid(fake_out["d_logits"]) * mask)
+        return sums
 
-  def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    n = float(totals["num_examples"])
-    out: dict[str, Any] = {"num_examples": int(n),
-                           "d_real_prob": float(totals["d_real_prob"]) / n,
-                           "d_fake_prob": float(totals["d_fake_prob"]) / n}
-    for name, entropy in self.entropies.items():
-      mean_ll = float(totals[f"{name}_log_likelihood"]) / n
-      out[f"{name}_mi_lower_bound"] = mean_ll + entropy
-      out[f"{name}_entropy"] = entropy
-    for i in range(self.latent_spec.num_categorical):
-      counts = np.asarray(totals[f"cat{i}_counts"])
-      out[f"cat{i}_categories_used"] = int(np.count_nonzero(counts))
-      if self.num_classes:
-        confusion = np.asarray(totals[f"cat{i}_confusion"])
-        accuracy, assignment = ig.matched_accuracy(confusion)
-        out[f"cat{i}_accuracy"] = accuracy
-        out[f"cat{i}_error"] = 1.0 - accuracy
-        out[f"cat{i}_purity"] = ig.purity(confusion)
-        out[f"cat{i}_assignment"] = [assignment.get(k, -1) for k in range(confusion.shape[0])]
-        out[f"cat{i}_confusion"] = confusion.astype(np.int64).tolist()
-    return out
+    def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        n = float(totals["num_examples"])
+        out: dict[str, Any] = {
+            "num_examples": int(n),
+            "d_real_prob": float(totals["d_real_prob"]) / n,
+            "d_fake_prob": float(totals["d_fake_prob"]) / n,
+        }
+        for name, entropy in self.entropies.items():
+            mean_ll = float(totals[f"{name}_log_likelihood"]) / n
+            out[f"{name}_mi_lower_bound"] = mean_ll + entropy
+            out[f"{name}_entropy"] = entropy
+        for i in range(self.latent_spec.num_categorical):
+            counts = np.asarray(totals[f"cat{i}_counts"])
+            out[f"cat{i}_categories_used"] = int(np.count_nonzero(counts))
+            if self.num_classes:
+                confusion = np.asarray(totals[f"cat{i}_confusion"])
+                accuracy, assignment = ig.matched_accuracy(confusion)
+                out[f"cat{i}_accuracy"] = accuracy
+                out[f"cat{i}_error"] = 1.0 - accuracy
+                out[f"cat{i}_purity"] = ig.purity(confusion)
+                out[f"cat{i}_assignment"] = [assignment.get(k, -1) for k in range(confusion.shape[0])]
+                out[f"cat{i}_confusion"] = confusion.astype(np.int64).tolist()
+        return out
 
-  def _grid_latents(self, num_columns: int) -> dict[str, ig.Latents]:
-    """The latents of the grids: samples per category and one traversal per continuous code."""
-    spec, tcfg = self.latent_spec, self.config.traversal
-    rng = jax.random.PRNGKey(EVAL_SEED)
-    grids = {}
-    if spec.num_categorical:
-      grids["samples_by_cat0"] = ig.category_latents(rng, spec, num_columns, code=0)
-    else:
-      grids["samples"] = ig.sample_latents(rng, spec, 4 * num_columns)
-    sweep = ig.sweep_values(tcfg.low, tcfg.high, num_columns)
-    for j in range(spec.num_continuous):  # Same rows in every traversal: one key.
-      grids[f"traversal_cont{j}"] = ig.traversal_latents(rng, spec, j, sweep, row_code=0)
-    return grids
+    def _grid_latents(self, num_columns: int) -> dict[str, ig.Latents]:
+        """The latents of the grids: samples per category and one traversal per continuous code."""
+        spec, tcfg = self.latent_spec, self.config.traversal
+        rng = jax.random.PRNGKey(EVAL_SEED)
+        grids = {}
+        if spec.num_categorical:
+            grids["samples_by_cat0"] = ig.category_latents(rng, spec, num_columns, code=0)
+        else:
+            grids["samples"] = ig.sample_latents(rng, spec, 4 * num_columns)
+        sweep = ig.sweep_values(tcfg.low, tcfg.high, num_columns)
+        for j in range(spec.num_continuous):  # Same rows in every traversal: one key.
+            grids[f"traversal_cont{j}"] = ig.traversal_latents(rng, spec, j, sweep, row_code=0)
+        return grids
 
-  def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Grids of `GRID_COLUMNS` columns (the traversals sweep that many values)."""
-    del batch
-    return {name: self.generate(state, latents)
-            for name, latents in self._grid_latents(base.GRID_COLUMNS).items()}
+    def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Grids of `GRID_COLUMNS` columns (the traversals sweep that many values)."""
+        del batch
+        return {
+            name: self.generate(state, latents)
+            for name, latents in self._grid_latents(base.GRID_COLUMNS).items()
+        }
 
-  # -- extra modes -------------------------------------------------------------
-  def modes(self) -> dict[str, Any]:
-    return {"traverse": self.traverse}
+    # -- extra modes -------------------------------------------------------------
+    def modes(self) -> dict[str, Any]:
+        return {"traverse": self.traverse}
 
-  def traverse(self, runner) -> dict[str, str]:
-    """`--mode=traverse`: the Figure 2 grids of the newest checkpoint with
-    `traversal.num_values` columns, written to WORKDIR/images/<grid>_<N>cols_<step>.png."""
-    ig.require_codes(self.latent_spec, continuous=1, purpose="--mode=traverse")
-    num_values = self.config.traversal.num_values
-    state, step = runner.restore_for_eval()
-    grids = self._grid_latents(num_values)
-    generate = jax.jit(self.generate)
-    paths = {}
-    for name, latents in grids.items():
-      stack = np.asarray(jax.device_get(generate(state, latents)))
-      grid = image_lib.make_grid(stack, num_cols=num_values, upscale=image_lib.auto_upscale(stack.shape[1]))
-      path = os.path.join(runner.workdir, "images", f"{name}_{num_values}cols_{step:08d}.png")
-      image_lib.save_png(path, grid)
-      paths[name] = path
-    logging.info("traversal grids of step %d (%d values from %g to %g): %s", step, num_values,
-                 self.config.traversal.low, self.config.traversal.high, paths)
-    return paths
-
+    def traverse(self, runner) -> dict[str, str]:
+        """`--mode=traverse`: the Figure 2 grids of the newest checkpoint with
+        `traversal.num_values` columns, written to WORKDIR/images/<grid>_<N>cols_<step>.png."""
+        ig.require_codes(self.latent_spec, continuous=1, purpose="--mode=traverse")
+        num_values = self.config.traversal.num_values
+        state, step = runner.restore_for_eval()
+        grids = self._grid_latents(num_values)
+        generate = jax.jit(self.generate)
+        paths = {}
+        for name, latents in grids.items():
+            stack = np.asarray(jax.device_get(generate(state, latents)))
+            grid = image_lib.make_grid(
+                stack, num_cols=num_values, upscale=image_lib.auto_upscale(stack.shape[1])
+            )
+            path = os.path.join(runner.workdir, "images", f"{name}_{num_values}cols_{step:08d}.png")
+            image_lib.save_png(path, grid)
+            paths[name] = path
+        logging.info(
+            "traversal grids of step %d (%d values from %g to %g): %s",
+            step,
+            num_values,
+            self.config.traversal.low,
+            self.config.traversal.high,
+            paths,
+        )
+        return paths

@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
+from absl import logging
+from jax.experimental import multihost_utils
 
 from vqlatent import data as data_lib
 from vqlatent.evaluation import images as image_lib
@@ -53,250 +54,304 @@ from vqlatent.utils.writer import MetricWriter
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The loss or the train state became NaN or inf; nothing non-finite was saved."""
+    """The loss or the train state became NaN or inf; nothing non-finite was saved."""
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
-  """True iff every floating-point leaf of `tree` is finite (one reduction per leaf)."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-  if not leaves:
-    return jnp.array(True)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    """True iff every floating-point leaf of `tree` is finite (one reduction per leaf)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.array(True)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class Runner:
-  """The pieces shared by training, evaluation and the tasks' extra modes.
+    """The pieces shared by training, evaluation and the tasks' extra modes.
 
-  What a task's extra modes may use: `mesh`, `replicated` (the NamedSharding
-  of replicated values), `data_sharded` (of batches), `state_sharding` (of the
-  TrainState: replicated unless `config.mesh.fsdp > 1`; jit anything that takes
-  the state with it), `initial_state()`, `restore_for_eval()`, `evaluate()`.
-  """
+    What a task's extra modes may use: `mesh`, `replicated` (the NamedSharding
+    of replicated values), `data_sharded` (of batches), `state_sharding` (of the
+    TrainState: replicated unless `config.mesh.fsdp > 1`; jit anything that takes
+    the state with it), `initial_state()`, `restore_for_eval()`, `evaluate()`.
+    """
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config = config
-    self.workdir = workdir
-    self.spec = data_lib.get_spec(config.data)
-    self.task: Task = make_task(config, self.spec)
-    self.mesh = mesh_lib.mesh_from_config(config.mesh)
-    mesh_lib.check_batch_size(config.batch_size, self.mesh, "batch_size")
-    mesh_lib.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
-    self.replicated = mesh_lib.replicated(self.mesh)
-    self.data_sharded = mesh_lib.data_sharded(self.mesh)
-    self._state_shapes = jax.eval_shape(self.task.init_state, jax.random.PRNGKey(0),
-                                        self.task.dummy_batch())
-    self.state_sharding = mesh_lib.state_sharding(self._state_shapes, self.mesh)
-    self._init = jax.jit(self.task.init_state, out_shardings=self.state_sharding)
-    self._eval_step = jax.jit(self.task.eval_step, in_shardings=(self.state_sharding, self.data_sharded),
-                              out_shardings=self.replicated)
-    self._eval_images = jax.jit(self.task.eval_images,
-                                in_shardings=(self.state_sharding, self.data_sharded),
-                                out_shardings=self.replicated)
-    self.all_finite = jax.jit(tree_all_finite, out_shardings=self.replicated)
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        self.config = config
+        self.workdir = workdir
+        self.spec = data_lib.get_spec(config.data)
+        self.task: Task = make_task(config, self.spec)
+        self.mesh = mesh_lib.mesh_from_config(config.mesh)
+        mesh_lib.check_batch_size(config.batch_size, self.mesh, "batch_size")
+        mesh_lib.check_batch_size(config.eval_batch_size, self.mesh, "eval_batch_size")
+        self.replicated = mesh_lib.replicated(self.mesh)
+        self.data_sharded = mesh_lib.data_sharded(self.mesh)
+        self._state_shapes = jax.eval_shape(
+            self.task.init_state, jax.random.PRNGKey(0), self.task.dummy_batch()
+        )
+        self.state_sharding = mesh_lib.state_sharding(self._state_shapes, self.mesh)
+        self._init = jax.jit(self.task.init_state, out_shardings=self.state_sharding)
+        self._eval_step = jax.jit(
+            self.task.eval_step,
+            in_shardings=(self.state_sharding, self.data_sharded),
+            out_shardings=self.replicated,
+        )
+        self._eval_images = jax.jit(
+            self.task.eval_images,
+            in_shardings=(self.state_sharding, self.data_sharded),
+            out_shardings=self.replicated,
+        )
+        self.all_finite = jax.jit(tree_all_finite, out_shardings=self.replicated)
 
-  # -- state -------------------------------------------------------------------
-  def initial_state(self) -> TrainState:
-    rng = jax.random.PRNGKey(self.config.seed)
-    return self._init(rng, self.task.dummy_batch())
+    # -- state -------------------------------------------------------------------
+    def initial_state(self) -> TrainState:
+        rng = jax.random.PRNGKey(self.config.seed)
+        return self._init(rng, self.task.dummy_batch())
 
-  def abstract_state(self) -> TrainState:
-    return jax.tree.map(lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                        self._state_shapes, self.state_sharding)
+    def abstract_state(self) -> TrainState:
+        return jax.tree.map(
+            lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+            self._state_shapes,
+            self.state_sharding,
+        )
 
-  def train_step_fn(self) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
-    """The task's train step under jit: state kept in its sharding and donated."""
-    return jax.jit(self.task.train_step, in_shardings=(self.state_sharding, self.data_sharded),
-                   out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
+    def train_step_fn(self) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
+        """The task's train step under jit: state kept in its sharding and donated."""
+        return jax.jit(
+            self.task.train_step,
+            in_shardings=(self.state_sharding, self.data_sharded),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=(0,),
+        )
 
-  def restore(self, checkpointer: ckpt_lib.Checkpointer, step: int | None = None,
-              with_data: bool = True) -> tuple[TrainState, dict | None]:
-    step = checkpointer.latest_step() if step is None else step
-    return checkpointer.restore(step, self.abstract_state(), with_data=with_data)
+    def restore(
+        self, checkpointer: ckpt_lib.Checkpointer, step: int | None = None, with_data: bool = True
+    ) -> tuple[TrainState, dict | None]:
+        step = checkpointer.latest_step() if step is None else step
+        return checkpointer.restore(step, self.abstract_state(), with_data=with_data)
 
-  def restore_for_eval(self) -> tuple[TrainState, int]:
-    """The newest checkpoint in the workdir, or a clear error if there is none."""
-    ckpt_lib.check_workdir_config(self.workdir, self.config, write=False)
-    checkpointer = ckpt_lib.Checkpointer(self.workdir)
-    step = checkpointer.latest_step()
-    if step is None:
-      raise FileNotFoundError(
-          f"No checkpoint in {checkpointer.directory}: train first "
-          f"(python -m vqlatent.main --config=... --workdir={self.workdir} --mode=train).")
-    state, _ = self.restore(checkpointer, step, with_data=False)
-    checkpointer.close()
-    return state, step
+    def restore_for_eval(self) -> tuple[TrainState, int]:
+        """The newest checkpoint in the workdir, or a clear error if there is none."""
+        ckpt_lib.check_workdir_config(self.workdir, self.config, write=False)
+        checkpointer = ckpt_lib.Checkpointer(self.workdir)
+        step = checkpointer.latest_step()
+        if step is None:
+            raise FileNotFoundError(
+                f"No checkpoint in {checkpointer.directory}: train first "
+                f"(python -m vqlatent.main --config=... --workdir={self.workdir} --mode=train)."
+            )
+        state, _ = self.restore(checkpointer, step, with_data=False)
+        checkpointer.close()
+        return state, step
 
-  # -- evaluation ----------------------------------------------------------------
-  def evaluate(self, state: TrainState, step: int, writer: MetricWriter) -> dict[str, Any]:
-    """Runs the task's eval over the eval split; writes JSON, TensorBoard and PNGs (process 0)."""
-    start = time.time()
-    totals, first = None, None
-    batches = data_lib.make_eval_batches(
-        self.config.data, global_batch_size=self.config.eval_batch_size,
-        num_examples=self.config.eval_num_examples,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    for local_batch in batches:
-      batch = mesh_lib.shard_batch(local_batch, self.mesh)
-      sums = self._eval_step(state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      if first is None:
-        first = batch
-    if totals is None:
-      raise ValueError(f"The eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty.")
-    totals = jax.device_get(totals)
-    metrics = self.task.eval_summary(totals)
-    metrics["eval_seconds"] = time.time() - start
-    writer.scalars(step, {k: v for k, v in metrics.items() if np.isscalar(v)}, prefix="eval/")
-    path = writer.eval_json(step, metrics)
-    grids = {**jax.device_get(self._eval_images(state, first)), **self.task.summary_images(totals)}
-    if jax.process_index() == 0:
-      for name, stack in grids.items():
-        stack = np.asarray(stack)
-        grid = image_lib.make_grid(stack, num_cols=min(GRID_COLUMNS, len(stack)),
-                                   upscale=image_lib.auto_upscale(stack.shape[1]))
-        image_lib.save_png(os.path.join(self.workdir, "images", f"{name}_{step:08d}.png"), grid)
-        image_lib.save_png(os.path.join(self.workdir, "images", f"{name}.png"), grid)
-        writer.image(step, name, grid)
-    logging.info("eval at step %d: %s%s", step, {k: v for k, v in metrics.items() if np.isscalar(v)},
-                 f" (written to {path})" if path else "")
-    return metrics
+    # -- evaluation ----------------------------------------------------------------
+    def evaluate(self, state: TrainState, step: int, writer: MetricWriter) -> dict[str, Any]:
+        """Runs the task's eval over the eval split; writes JSON, TensorBoard and PNGs (process 0)."""
+        start = time.time()
+        totals, first = None, None
+        batches = data_lib.make_eval_batches(
+            self.config.data,
+            global_batch_size=self.config.eval_batch_size,
+            num_examples=self.config.eval_num_examples,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        for local_batch in batches:
+            batch = mesh_lib.shard_batch(local_batch, self.mesh)
+            sums = self._eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            if first is None:
+                first = batch
+        if totals is None:
+            raise ValueError(
+                f"The eval split {self.config.data.eval_split!r} of {self.config.data.name!r} is empty."
+            )
+        totals = jax.device_get(totals)
+        metrics = self.task.eval_summary(totals)
+        metrics["eval_seconds"] = time.time() - start
+        writer.scalars(step, {k: v for k, v in metrics.items() if np.isscalar(v)}, prefix="eval/")
+        path = writer.eval_json(step, metrics)
+        grids = {**jax.device_get(self._eval_images(state, first)), **self.task.summary_images(totals)}
+        if jax.process_index() == 0:
+            for name, stack in grids.items():
+                stack = np.asarray(stack)
+                grid = image_lib.make_grid(
+                    stack,
+                    num_cols=min(GRID_COLUMNS, len(stack)),
+                    upscale=image_lib.auto_upscale(stack.shape[1]),
+                )
+                image_lib.save_png(os.path.join(self.workdir, "images", f"{name}_{step:08d}.png"), grid)
+                image_lib.save_png(os.path.join(self.workdir, "images", f"{name}.png"), grid)
+                writer.image(step, name, grid)
+        logging.info(
+            "eval at step %d: %s%s",
+            step,
+            {k: v for k, v in metrics.items() if np.isscalar(v)},
+            f" (written to {path})" if path else "",
+        )
+        return metrics
 
 
 def _on_all_processes(value: bool) -> bool:
-  """Process 0's `value` on every process (for decisions that start collectives)."""
-  if jax.process_count() == 1:
-    return value
-  return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    """Process 0's `value` on every process (for decisions that start collectives)."""
+    if jax.process_count() == 1:
+        return value
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-  """Trains (resuming if the workdir has a checkpoint), evaluating and checkpointing on the way."""
-  runner = Runner(config, workdir)
-  ckpt_lib.check_workdir_config(workdir, config)
-  checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-  writer = MetricWriter(workdir)
-  train_iter = data_lib.make_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    """Trains (resuming if the workdir has a checkpoint), evaluating and checkpointing on the way."""
+    runner = Runner(config, workdir)
+    ckpt_lib.check_workdir_config(workdir, config)
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
+    writer = MetricWriter(workdir)
+    train_iter = data_lib.make_train_iterator(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
 
-  start_step = checkpointer.latest_step()
-  if start_step is None:
-    state = runner.initial_state()
-    start_step = 0
-  else:
-    state, data_state = runner.restore(checkpointer, start_step)
-    if data_state is not None:
-      train_iter.set_state(data_state)
-    logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("%s: %d parameters, %d devices in %d processes (mesh %s), global batch %d",
-               config.model_name, num_params, runner.mesh.devices.size, jax.process_count(),
-               dict(runner.mesh.shape), config.batch_size)
-  train_step = runner.train_step_fn()
+    start_step = checkpointer.latest_step()
+    if start_step is None:
+        state = runner.initial_state()
+        start_step = 0
+    else:
+        state, data_state = runner.restore(checkpointer, start_step)
+        if data_state is not None:
+            train_iter.set_state(data_state)
+        logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    logging.info(
+        "%s: %d parameters, %d devices in %d processes (mesh %s), global batch %d",
+        config.model_name,
+        num_params,
+        runner.mesh.devices.size,
+        jax.process_count(),
+        dict(runner.mesh.shape),
+        config.batch_size,
+    )
+    train_step = runner.train_step_fn()
 
-  def eval_due(step: int) -> bool:
-    return bool(config.eval_every_steps) and (
-        step % config.eval_every_steps == 0 or step == config.num_train_steps)
+    def eval_due(step: int) -> bool:
+        return bool(config.eval_every_steps) and (
+            step % config.eval_every_steps == 0 or step == config.num_train_steps
+        )
 
-  pending: list[tuple[int, dict[str, jax.Array]]] = []
-  last_good_step = start_step if start_step > 0 else None
-  # Throughput of the steps since the last flush, excluding evaluations and saves.
-  window = {"start": time.perf_counter(), "data_wait": 0.0}
+    pending: list[tuple[int, dict[str, jax.Array]]] = []
+    last_good_step = start_step if start_step > 0 else None
+    # Throughput of the steps since the last flush, excluding evaluations and saves.
+    window = {"start": time.perf_counter(), "data_wait": 0.0}
 
-  def last_good_message() -> str:
-    if last_good_step is None:
-      return f"No checkpoint had been saved yet in {checkpointer.directory}."
-    return (f"The last good checkpoint is step {last_good_step} in {checkpointer.directory}; "
+    def last_good_message() -> str:
+        if last_good_step is None:
+            return f"No checkpoint had been saved yet in {checkpointer.directory}."
+        return (
+            f"The last good checkpoint is step {last_good_step} in {checkpointer.directory}; "
             f"rerunning the command resumes from it (consider a lower optimizer.learning_rate "
-            f"or optimizer.grad_clip_norm > 0).")
+            f"or optimizer.grad_clip_norm > 0)."
+        )
 
-  def flush_metrics(step: int) -> None:
-    """Fetches the metrics of the steps since the last flush (the only host sync)."""
-    nonlocal pending
-    if not pending:
-      return
-    steps = [s for s, _ in pending]
-    fetched = jax.device_get([m for _, m in pending])
-    pending = []
-    for s, values in zip(steps, fetched):
-      bad = {k: float(v) for k, v in values.items() if not np.all(np.isfinite(v))}
-      if bad:
-        checkpointer.wait()  # Let the last good checkpoint finish committing.
-        raise NonFiniteLossError(
-            f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s}: training "
-            f"stopped, nothing after step {last_good_step or 0} was saved. {last_good_message()}")
-    means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-    elapsed = max(time.perf_counter() - window["start"], 1e-9)  # Includes this fetch's wait.
-    means["steps_per_second"] = len(steps) / elapsed
-    means["data_wait_fraction"] = window["data_wait"] / elapsed
-    writer.scalars(step, means, prefix="train/")
-    restart_window()
-    progress.set_postfix({k: f"{means[k]:.4g}" for k in list(means)[:3]}, refresh=False)
+    def flush_metrics(step: int) -> None:
+        """Fetches the metrics of the steps since the last flush (the only host sync)."""
+        nonlocal pending
+        if not pending:
+            return
+        steps = [s for s, _ in pending]
+        fetched = jax.device_get([m for _, m in pending])
+        pending = []
+        for s, values in zip(steps, fetched):
+            bad = {k: float(v) for k, v in values.items() if not np.all(np.isfinite(v))}
+            if bad:
+                checkpointer.wait()  # Let the last good checkpoint finish committing.
+                raise NonFiniteLossError(
+                    f"Non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {s}: training "
+                    f"stopped, nothing after step {last_good_step or 0} was saved. {last_good_message()}"
+                )
+        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+        elapsed = max(time.perf_counter() - window["start"], 1e-9)  # Includes this fetch's wait.
+        means["steps_per_second"] = len(steps) / elapsed
+        means["data_wait_fraction"] = window["data_wait"] / elapsed
+        writer.scalars(step, means, prefix="train/")
+        restart_window()
+        progress.set_postfix({k: f"{means[k]:.4g}" for k in list(means)[:3]}, refresh=False)
 
-  def restart_window() -> None:
-    window.update(start=time.perf_counter(), data_wait=0.0)
+    def restart_window() -> None:
+        window.update(start=time.perf_counter(), data_wait=0.0)
 
-  def save(step: int) -> None:
-    """Checkpoints `state` once its losses and its values are known to be finite."""
-    nonlocal last_good_step
-    flush_metrics(step)
-    # A step whose loss was finite can still produce non-finite parameters
-    # (an inf gradient); one reduction over the state is cheap next to a save.
-    if not bool(runner.all_finite(state)):
-      checkpointer.wait()
-      raise NonFiniteLossError(
-          f"Non-finite values in the train state after step {step} (its losses were finite): "
-          f"training stopped without saving it. {last_good_message()}")
-    checkpointer.save(step, state, train_iter.get_state(), force=True)
-    last_good_step = step
-    restart_window()
+    def save(step: int) -> None:
+        """Checkpoints `state` once its losses and its values are known to be finite."""
+        nonlocal last_good_step
+        flush_metrics(step)
+        # A step whose loss was finite can still produce non-finite parameters
+        # (an inf gradient); one reduction over the state is cheap next to a save.
+        if not bool(runner.all_finite(state)):
+            checkpointer.wait()
+            raise NonFiniteLossError(
+                f"Non-finite values in the train state after step {step} (its losses were finite): "
+                f"training stopped without saving it. {last_good_message()}"
+            )
+        checkpointer.save(step, state, train_iter.get_state(), force=True)
+        last_good_step = step
+        restart_window()
 
-  step = start_step
-  progress = tqdm.tqdm(total=config.num_train_steps, initial=start_step, desc="train",
-                       unit="step", dynamic_ncols=True, mininterval=2.0,
-                       disable=jax.process_index() != 0 or not config.progress_bar)
-  try:
-    with distributed.PreemptionNotice() as preemption:
-      if start_step > 0 and eval_due(start_step) and not _on_all_processes(
-          os.path.exists(writer.eval_json_path(start_step))):
-        logging.info("Step %d has no evaluation (the run stopped before it): evaluating.", start_step)
-        runner.evaluate(state, start_step, writer)
-      restart_window()
-      while step < config.num_train_steps:
-        wait_start = time.perf_counter()
-        local_batch = next(train_iter)  # Prefetched by grain's threads (data.prefetch batches).
-        window["data_wait"] += time.perf_counter() - wait_start
-        batch = mesh_lib.shard_batch(local_batch, runner.mesh)
-        state, metrics = train_step(state, batch)
-        step += 1
-        pending.append((step, metrics))
-        progress.update(1)
-        preempted = preemption.reached(step)  # Every process, every step: the same answer.
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
-          flush_metrics(step)
-        if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-          save(step)
-        if preempted:
-          checkpointer.wait()  # Committed before the scheduler's grace period runs out.
-          logging.warning("Preempted: saved step %d to %s; rerun the same command to resume.",
-                          step, checkpointer.directory)
-          break
-        if eval_due(step):
-          runner.evaluate(state, step, writer)
-          restart_window()
-  finally:
-    progress.close()
-    checkpointer.close()
-    writer.close()
-  return state
+    step = start_step
+    progress = tqdm.tqdm(
+        total=config.num_train_steps,
+        initial=start_step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=2.0,
+        disable=jax.process_index() != 0 or not config.progress_bar,
+    )
+    try:
+        with distributed.PreemptionNotice() as preemption:
+            if (
+                start_step > 0
+                and eval_due(start_step)
+                and not _on_all_processes(os.path.exists(writer.eval_json_path(start_step)))
+            ):
+                logging.info("Step %d has no evaluation (the run stopped before it): evaluating.", start_step)
+                runner.evaluate(state, start_step, writer)
+            restart_window()
+            while step < config.num_train_steps:
+                wait_start = time.perf_counter()
+                local_batch = next(train_iter)  # Prefetched by grain's threads (data.prefetch batches).
+                window["data_wait"] += time.perf_counter() - wait_start
+                batch = mesh_lib.shard_batch(local_batch, runner.mesh)
+                state, metrics = train_step(state, batch)
+                step += 1
+                pending.append((step, metrics))
+                progress.update(1)
+                preempted = preemption.reached(step)  # Every process, every step: the same answer.
+                is_last = step == config.num_train_steps
+                if step % config.log_every_steps == 0 or is_last:
+                    flush_metrics(step)
+                if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+                    save(step)
+                if preempted:
+                    checkpointer.wait()  # Committed before the scheduler's grace period runs out.
+                    logging.warning(
+                        "Preempted: saved step %d to %s; rerun the same command to resume.",
+                        step,
+                        checkpointer.directory,
+                    )
+                    break
+                if eval_due(step):
+                    runner.evaluate(state, step, writer)
+                    restart_window()
+    finally:
+        progress.close()
+        checkpointer.close()
+        writer.close()
+    return state
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`--mode=eval`: evaluates the newest checkpoint of the workdir."""
-  runner = Runner(config, workdir)
-  state, step = runner.restore_for_eval()
-  writer = MetricWriter(workdir)
-  metrics = runner.evaluate(state, step, writer)
-  writer.close()
-  return metrics
+    """`--mode=eval`: evaluates the newest checkpoint of the workdir."""
+    runner = Runner(config, workdir)
+    state, step = runner.restore_for_eval()
+    writer = MetricWriter(workdir)
+    metrics = runner.evaluate(state, step, writer)
+    writer.close()
+    return metrics

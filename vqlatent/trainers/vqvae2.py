@@ -29,7 +29,8 @@ the decoder has seen, which carries no spatial information.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -42,180 +43,202 @@ from vqlatent import quantizers
 from vqlatent.evaluation import metrics as metric_lib
 from vqlatent.nets.vqvae2 import VQVAE2, level_names, level_shapes
 from vqlatent.trainers import base
-from vqlatent.trainers.optim import make_optimizer
 from vqlatent.trainers.base import compute_dtype
+from vqlatent.trainers.optim import make_optimizer
 
 
 def level_quantizer_configs(config: ml_collections.ConfigDict, names: tuple[str, ...]) -> dict[str, Any]:
-  """{level: quantizer config} from a shared `config.quantizer` or one per level."""
-  q = config.quantizer
-  if "name" in q:
-    return {n: q for n in names}
-  if set(q.keys()) != set(names):
-    raise ValueError(
-        f"config.quantizer has entries {sorted(q.keys())}, but model.strides="
-        f"{tuple(config.model.strides)} makes the levels {list(names)}: give one quantizer config "
-        f"per level (config.quantizer.<level>), or one shared config with a `name`.")
-  return {n: q[n] for n in names}
+    """{level: quantizer config} from a shared `config.quantizer` or one per level."""
+    q = config.quantizer
+    if "name" in q:
+        return {n: q for n in names}
+    if set(q.keys()) != set(names):
+        raise ValueError(
+            f"config.quantizer has entries {sorted(q.keys())}, but model.strides="
+            f"{tuple(config.model.strides)} makes the levels {list(names)}: give one quantizer config "
+            f"per level (config.quantizer.<level>), or one shared config with a `name`."
+        )
+    return {n: q[n] for n in names}
 
 
 def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VQVAE2:
-  m = config.model
-  strides = tuple(int(s) for s in m.strides)
-  level_shapes(image_shape, strides)  # Clear error if the strides do not divide the image.
-  names = level_names(len(strides))
-  level_quantizers = {}
-  for name, cfg in level_quantizer_configs(config, names).items():
-    level_quantizers[name] = quantizers.make_quantizer(cfg)
-    for attr in ("embedding_dim", "codebook_size", "num_codebooks", "lookup"):
-      if not hasattr(level_quantizers[name], attr):
-        raise ValueError(f"Quantizer {cfg.name!r} (level {name}) has no `{attr}`; VQ-VAE-2 needs "
-                         f"quantizers with embedding_dim, codebook_size, num_codebooks and lookup().")
-  return VQVAE2(quantizers=level_quantizers, strides=strides, out_channels=image_shape[-1],
-                num_hiddens=m.num_hiddens, num_residual_layers=m.num_residual_layers,
-                num_residual_hiddens=m.num_residual_hiddens, upsample=m.upsample,
-                dtype=compute_dtype(config.dtype))
+    m = config.model
+    strides = tuple(int(s) for s in m.strides)
+    level_shapes(image_shape, strides)  # Clear error if the strides do not divide the image.
+    names = level_names(len(strides))
+    level_quantizers = {}
+    for name, cfg in level_quantizer_configs(config, names).items():
+        level_quantizers[name] = quantizers.make_quantizer(cfg)
+        for attr in ("embedding_dim", "codebook_size", "num_codebooks", "lookup"):
+            if not hasattr(level_quantizers[name], attr):
+                raise ValueError(
+                    f"Quantizer {cfg.name!r} (level {name}) has no `{attr}`; VQ-VAE-2 needs "
+                    f"quantizers with embedding_dim, codebook_size, num_codebooks and lookup()."
+                )
+    return VQVAE2(
+        quantizers=level_quantizers,
+        strides=strides,
+        out_channels=image_shape[-1],
+        num_hiddens=m.num_hiddens,
+        num_residual_layers=m.num_residual_layers,
+        num_residual_hiddens=m.num_residual_hiddens,
+        upsample=m.upsample,
+        dtype=compute_dtype(config.dtype),
+    )
 
 
 class Task(base.Task):
-  """VQ-VAE-2 on images in [0, 1]; also a `vqlatent.codes.CodeModel` (extract/decode codes)."""
+    """VQ-VAE-2 on images in [0, 1]; also a `vqlatent.codes.CodeModel` (extract/decode codes)."""
 
-  def __init__(self, config: ml_collections.ConfigDict, spec: Any):
-    super().__init__(config, spec)
-    self.model = build_model(config, spec.image_shape)
-    self.level_names = self.model.names
-    level_quantizers = self.model.quantizers
-    self.num_codes = {n: int(level_quantizers[n].codebook_size) for n in self.level_names}  # Per codebook.
-    self.num_codebooks = {n: int(level_quantizers[n].num_codebooks) for n in self.level_names}
-    self.tx = make_optimizer(config.optimizer, config.num_train_steps)
-    self.data_variance = (data_lib.estimate_pixel_variance(config.data)
-                          if config.loss.normalize_by_data_variance else 1.0)
+    def __init__(self, config: ml_collections.ConfigDict, spec: Any):
+        super().__init__(config, spec)
+        self.model = build_model(config, spec.image_shape)
+        self.level_names = self.model.names
+        level_quantizers = self.model.quantizers
+        self.num_codes = {
+            n: int(level_quantizers[n].codebook_size) for n in self.level_names
+        }  # Per codebook.
+        self.num_codebooks = {n: int(level_quantizers[n].num_codebooks) for n in self.level_names}
+        self.tx = make_optimizer(config.optimizer, config.num_train_steps)
+        self.data_variance = (
+            data_lib.estimate_pixel_variance(config.data) if config.loss.normalize_by_data_variance else 1.0
+        )
 
-  @functools.cached_property
-  def code_levels(self) -> dict[str, codes_lib.LevelSpec]:
-    """{level: LevelSpec(code map shape, K)}, bottom first (from `jax.eval_shape`, no compute)."""
-    return codes_lib.infer_code_levels(self, self.encode_codes, self.num_codes)
+    @functools.cached_property
+    def code_levels(self) -> dict[str, codes_lib.LevelSpec]:
+        """{level: LevelSpec(code map shape, K)}, bottom first (from `jax.eval_shape`, no compute)."""
+        return codes_lib.infer_code_levels(self, self.encode_codes, self.num_codes)
 
-  # -- variables ---------------------------------------------------------------
-  def _variables(self, state: base.TrainState) -> dict[str, Any]:
-    return {"params": state.params, **state.model_state}
+    # -- variables ---------------------------------------------------------------
+    def _variables(self, state: base.TrainState) -> dict[str, Any]:
+        return {"params": state.params, **state.model_state}
 
-  def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
-    params_rng, state_rng = jax.random.split(rng)
-    # XLA:CPU compiles the partitionable threefry of every initializer very
-    # slowly (measured: 14 s against 2.7 s for the 40 initializers of a tiny
-    # model); the classic threefry gives equally good random numbers.
-    with jax.threefry_partitionable(False):
-      variables = self.model.init(params_rng, batch["image"], train=False)
-    return base.state_from_variables(variables, self.tx, state_rng)
+    def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
+        params_rng, state_rng = jax.random.split(rng)
+        # XLA:CPU compiles the partitionable threefry of every initializer very
+        # slowly (measured: 14 s against 2.7 s for the 40 initializers of a tiny
+        # model); the classic threefry gives equally good random numbers.
+        with jax.threefry_partitionable(False):
+            variables = self.model.init(params_rng, batch["image"], train=False)
+        return base.state_from_variables(variables, self.tx, state_rng)
 
-  # -- training ----------------------------------------------------------------
-  def loss_fn(self, params, model_state, images, rng=None):
-    """Eq. (2) summed over levels; returns (loss, (new model state, metrics)).
+    # -- training ----------------------------------------------------------------
+    def loss_fn(self, params, model_state, images, rng=None):
+        """Eq. (2) summed over levels; returns (loss, (new model state, metrics)).
 
-    `rng` is the quantizers' stream (k-means initialisation, dead-code
-    restarts); flax folds each level's module path into it.
-    """
-    rngs = {quantizers.QUANTIZER_RNG: rng} if rng is not None else None
-    outputs, new_model_state = base.apply_for_training(self.model, params, model_state, images,
-                                                       rngs=rngs)
-    mse = jnp.mean(jnp.square(outputs["reconstruction"] - images))
-    vq = outputs["vq"]
-    vq_loss = sum(vq[n]["loss"] for n in self.level_names)
-    loss = mse / self.data_variance + vq_loss
-    metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss}
-    for n in self.level_names:
-      metrics[f"perplexity_{n}"] = vq[n]["perplexity"]
-      metrics[f"commitment_loss_{n}"] = vq[n]["e_latent_loss"]
-      metrics[f"codebook_loss_{n}"] = vq[n]["q_latent_loss"]
-      if "dead_codes" in vq[n]:
-        metrics[f"dead_codes_{n}"] = vq[n]["dead_codes"]
-    return loss, (new_model_state, metrics)
+        `rng` is the quantizers' stream (k-means initialisation, dead-code
+        restarts); flax folds each level's module path into it.
+        """
+        rngs = {quantizers.QUANTIZER_RNG: rng} if rng is not None else None
+        outputs, new_model_state = base.apply_for_training(self.model, params, model_state, images, rngs=rngs)
+        mse = jnp.mean(jnp.square(outputs["reconstruction"] - images))
+        vq = outputs["vq"]
+        vq_loss = sum(vq[n]["loss"] for n in self.level_names)
+        loss = mse / self.data_variance + vq_loss
+        metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss}
+        for n in self.level_names:
+            metrics[f"perplexity_{n}"] = vq[n]["perplexity"]
+            metrics[f"commitment_loss_{n}"] = vq[n]["e_latent_loss"]
+            metrics[f"codebook_loss_{n}"] = vq[n]["q_latent_loss"]
+            if "dead_codes" in vq[n]:
+                metrics[f"dead_codes_{n}"] = vq[n]["dead_codes"]
+        return loss, (new_model_state, metrics)
 
-  def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-    rng = jax.random.fold_in(state.rng, state.step)  # Depends on (seed, step) only: resumable.
-    grads, (model_state, metrics) = jax.grad(self.loss_fn, has_aux=True)(
-        state.params, state.model_state, batch["image"], rng)
-    return base.apply_gradients(state, grads, self.tx, model_state), metrics
+    def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)  # Depends on (seed, step) only: resumable.
+        grads, (model_state, metrics) = jax.grad(self.loss_fn, has_aux=True)(
+            state.params, state.model_state, batch["image"], rng
+        )
+        return base.apply_gradients(state, grads, self.tx, model_state), metrics
 
-  # -- codes (vqlatent.codes.CodeModel) -----------------------------------------
-  def encode_codes(self, state: base.TrainState, images: jax.Array) -> dict[str, jax.Array]:
-    """Images in [0, 1] -> {level: int32 code map}."""
-    return self.model.apply(self._variables(state), images, train=False)["codes"]
+    # -- codes (vqlatent.codes.CodeModel) -----------------------------------------
+    def encode_codes(self, state: base.TrainState, images: jax.Array) -> dict[str, jax.Array]:
+        """Images in [0, 1] -> {level: int32 code map}."""
+        return self.model.apply(self._variables(state), images, train=False)["codes"]
 
-  def decode_codes(self, state: base.TrainState, codes: Mapping[str, jax.Array]) -> jax.Array:
-    """{level: code map} -> images on the [0, 1] scale; `CodeShapeError` if the shapes do not fit."""
-    codes_lib.check_codes(codes, self.code_levels)
-    return self.model.apply(self._variables(state), dict(codes), method="decode_codes")
+    def decode_codes(self, state: base.TrainState, codes: Mapping[str, jax.Array]) -> jax.Array:
+        """{level: code map} -> images on the [0, 1] scale; `CodeShapeError` if the shapes do not fit."""
+        codes_lib.check_codes(codes, self.code_levels)
+        return self.model.apply(self._variables(state), dict(codes), method="decode_codes")
 
-  def modes(self) -> dict[str, Any]:
-    return {"extract_codes": codes_lib.extract_codes_mode}
+    def modes(self) -> dict[str, Any]:
+        return {"extract_codes": codes_lib.extract_codes_mode}
 
-  # -- evaluation --------------------------------------------------------------
-  def _code_counts(self, level: str, codes: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """(num_codebooks, K) usage counts of one level's code maps."""
-    return quantizers.code_counts_per_codebook(codes, self.num_codebooks[level], self.num_codes[level],
-                                               mask)
+    # -- evaluation --------------------------------------------------------------
+    def _code_counts(self, level: str, codes: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """(num_codebooks, K) usage counts of one level's code maps."""
+        return quantizers.code_counts_per_codebook(
+            codes, self.num_codebooks[level], self.num_codes[level], mask
+        )
 
-  def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-    images, mask = batch["image"], batch["mask"]
-    outputs = self.model.apply(self._variables(state), images, train=False)
-    per_example_sq_err = jnp.sum(jnp.square(outputs["reconstruction"] - images), axis=(1, 2, 3))
-    sums = {"sq_err": jnp.sum(per_example_sq_err * mask), "num_examples": jnp.sum(mask)}
-    for n in self.level_names:
-      sums[f"code_counts_{n}"] = self._code_counts(n, outputs["codes"][n], mask)
-    return sums
+    def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
+        images, mask = batch["image"], batch["mask"]
+        outputs = self.model.apply(self._variables(state), images, train=False)
+        per_example_sq_err = jnp.sum(jnp.square(outputs["reconstruction"] - images), axis=(1, 2, 3))
+        sums = {"sq_err": jnp.sum(per_example_sq_err * mask), "num_examples": jnp.sum(mask)}
+        for n in self.level_names:
+            sums[f"code_counts_{n}"] = self._code_counts(n, outputs["codes"][n], mask)
+        return sums
 
-  def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    n = float(totals["num_examples"])
-    mse = float(totals["sq_err"]) / (n * float(np.prod(self.spec.image_shape)))
-    levels = self.code_levels
-    metrics = {
-        "mse": mse,
-        "psnr": metric_lib.psnr(mse),
-        "compression_factor": metric_lib.compression_factor(
-            self.spec.image_shape, [levels[l].shape for l in self.level_names],
-            [levels[l].num_codes for l in self.level_names]),
-        "num_examples": int(n),
-    }
-    for name in self.level_names:
-      counts = np.asarray(totals[f"code_counts_{name}"])  # (num_codebooks, K)
-      for key, value in quantizers.diagnostics.codebook_summary(counts).items():
-        metrics[f"{key}_{name}"] = value  # perplexity, codebook_usage, codes_used, dead_codes
-      metrics[f"num_codes_{name}"] = self.num_codes[name]
-      metrics[f"code_counts_{name}"] = (counts[0] if len(counts) == 1 else counts).astype(np.int64).tolist()
-    return metrics
+    def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        n = float(totals["num_examples"])
+        mse = float(totals["sq_err"]) / (n * float(np.prod(self.spec.image_shape)))
+        levels = self.code_levels
+        metrics = {
+            "mse": mse,
+            "psnr": metric_lib.psnr(mse),
+            "compression_factor": metric_lib.compression_factor(
+                self.spec.image_shape,
+                [levels[l].shape for l in self.level_names],
+                [levels[l].num_codes for l in self.level_names],
+            ),
+            "num_examples": int(n),
+        }
+        for name in self.level_names:
+            counts = np.asarray(totals[f"code_counts_{name}"])  # (num_codebooks, K)
+            for key, value in quantizers.diagnostics.codebook_summary(counts).items():
+                metrics[f"{key}_{name}"] = value  # perplexity, codebook_usage, codes_used, dead_codes
+            metrics[f"num_codes_{name}"] = self.num_codes[name]
+            metrics[f"code_counts_{name}"] = (
+                (counts[0] if len(counts) == 1 else counts).astype(np.int64).tolist()
+            )
+        return metrics
 
-  def partial_codes(self, codes: Mapping[str, jax.Array], mask: jax.Array,
-                    keep_from: int) -> dict[str, jax.Array]:
-    """Keeps levels keep_from..top; every level below becomes a constant map of its most frequent code."""
-    out = dict(codes)
-    for l in range(keep_from):
-      name = self.level_names[l]
-      most_frequent = jnp.argmax(self._code_counts(name, codes[name], mask), axis=-1)  # Per codebook.
-      if self.num_codebooks[name] == 1:
-        most_frequent = most_frequent[0]
-      out[name] = jnp.broadcast_to(most_frequent, codes[name].shape).astype(codes[name].dtype)
-    return out
+    def partial_codes(
+        self, codes: Mapping[str, jax.Array], mask: jax.Array, keep_from: int
+    ) -> dict[str, jax.Array]:
+        """Keeps levels keep_from..top; every level below becomes a constant map of its most frequent code."""
+        out = dict(codes)
+        for l in range(keep_from):
+            name = self.level_names[l]
+            most_frequent = jnp.argmax(self._code_counts(name, codes[name], mask), axis=-1)  # Per codebook.
+            if self.num_codebooks[name] == 1:
+                most_frequent = most_frequent[0]
+            out[name] = jnp.broadcast_to(most_frequent, codes[name].shape).astype(codes[name].dtype)
+        return out
 
-  def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Row groups: originals, full reconstructions, from the top level alone, from the top two, ..."""
-    cols = base.GRID_COLUMNS
-    n = min(16, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
-    variables = self._variables(state)
-    outputs = self.model.apply(variables, batch["image"], train=False)
-    images, mask = batch["image"][:n], batch["mask"][:n]
-    codes = {name: c[:n] for name, c in outputs["codes"].items()}
-    rows = [images, outputs["reconstruction"][:n]]
-    for keep_from in reversed(range(1, len(self.level_names))):
-      rows.append(self.model.apply(variables, self.partial_codes(codes, mask, keep_from),
-                                   method="decode_codes"))
-    groups = max(n // cols, 1)
-    stacked = jnp.stack([r.reshape(groups, -1, *images.shape[1:]) for r in rows], axis=1)
-    return {"reconstructions": jnp.clip(stacked.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
+    def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """Row groups: originals, full reconstructions, from the top level alone, from the top two, ..."""
+        cols = base.GRID_COLUMNS
+        n = min(16, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
+        variables = self._variables(state)
+        outputs = self.model.apply(variables, batch["image"], train=False)
+        images, mask = batch["image"][:n], batch["mask"][:n]
+        codes = {name: c[:n] for name, c in outputs["codes"].items()}
+        rows = [images, outputs["reconstruction"][:n]]
+        for keep_from in reversed(range(1, len(self.level_names))):
+            rows.append(
+                self.model.apply(variables, self.partial_codes(codes, mask, keep_from), method="decode_codes")
+            )
+        groups = max(n // cols, 1)
+        stacked = jnp.stack([r.reshape(groups, -1, *images.shape[1:]) for r in rows], axis=1)
+        return {"reconstructions": jnp.clip(stacked.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
 
-  def summary_images(self, totals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """`code_usage_<level>`: histograms of the codes used on the whole eval split."""
-    return {f"code_usage_{name}": np.asarray(
-        quantizers.diagnostics.usage_histogram(totals[f"code_counts_{name}"]))
-            for name in self.level_names}
+    def summary_images(self, totals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`code_usage_<level>`: histograms of the codes used on the whole eval split."""
+        return {
+            f"code_usage_{name}": np.asarray(
+                quantizers.diagnostics.usage_histogram(totals[f"code_counts_{name}"])
+            )
+            for name in self.level_names
+        }

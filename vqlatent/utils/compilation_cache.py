@@ -33,31 +33,33 @@ DEFAULT_DIR = "compilation_cache"
 
 
 def resolve(value: Any, workdir: str) -> str | None:
-  """The cache directory `config.compilation_cache_dir` names for `workdir`, or None ('')."""
-  if not isinstance(value, str):
-    raise ValueError(f"config.compilation_cache_dir={value!r}: expected a path (relative to the workdir, "
-                     f"or absolute), or '' to leave JAX's persistent compilation cache alone.")
-  if not value:
-    return None
-  value = os.path.expanduser(value)
-  if "://" in value or os.path.isabs(value):
-    return value
-  return os.path.join(workdir, value)
+    """The cache directory `config.compilation_cache_dir` names for `workdir`, or None ('')."""
+    if not isinstance(value, str):
+        raise ValueError(
+            f"config.compilation_cache_dir={value!r}: expected a path (relative to the workdir, "
+            f"or absolute), or '' to leave JAX's persistent compilation cache alone."
+        )
+    if not value:
+        return None
+    value = os.path.expanduser(value)
+    if "://" in value or os.path.isabs(value):
+        return value
+    return os.path.join(workdir, value)
 
 
 def enable(value: Any, workdir: str) -> str | None:
-  """Points JAX's persistent compilation cache at the resolved directory; returns it (None: untouched).
+    """Points JAX's persistent compilation cache at the resolved directory; returns it (None: untouched).
 
-  Call before the first compilation of the run. Pointing it elsewhere later (a
-  second run in the same process) resets JAX's cache object, so that the new
-  directory is used.
-  """
-  path = resolve(value, workdir)
-  if path is None:
-    return None
-  previous = jax.config.jax_compilation_cache_dir
-  if previous != path:
-    jax_cache.set_cache_dir(path)
-    if previous:  # JAX may hold a cache object for the previous directory.
-      jax_cache.reset_cache()
-  return path
+    Call before the first compilation of the run. Pointing it elsewhere later (a
+    second run in the same process) resets JAX's cache object, so that the new
+    directory is used.
+    """
+    path = resolve(value, workdir)
+    if path is None:
+        return None
+    previous = jax.config.jax_compilation_cache_dir
+    if previous != path:
+        jax_cache.set_cache_dir(path)
+        if previous:  # JAX may hold a cache object for the previous directory.
+            jax_cache.reset_cache()
+    return path

@@ -9,6 +9,6 @@ from vqlatent.data.builders.sklearn_digits import SklearnDigits
 
 # Registered names of the builders defined in this package. They need neither
 # network nor TensorFlow, so the pipeline prepares them on first use.
-PROJECT_BUILDERS: frozenset[str] = frozenset({'sklearn_digits', 'mnist_idx'})
+PROJECT_BUILDERS: frozenset[str] = frozenset({"sklearn_digits", "mnist_idx"})
 
-__all__ = ['MnistIdx', 'SklearnDigits', 'PROJECT_BUILDERS']
+__all__ = ["MnistIdx", "SklearnDigits", "PROJECT_BUILDERS"]
