@@ -256,8 +256,9 @@ def test_kmeans_init_places_a_code_on_every_cluster_once():
     assert int(variables["vq_ema"]["kmeans_initialized"]) == 1
     # Later steps do not re-run k-means: a batch of one cluster moves the codes
     # it does not use only through the Laplace smoothing (relative 1e-5).
-    _, later = _train(module, variables, x[:16], key=2)
-    unused = np.setdiff1d(np.arange(16), np.asarray(out["encoding_indices"][:16]))
+    later_out, later = _train(module, variables, x[:16], key=2)
+    # (Codes this step did not use: near-duplicate codes of one cluster may swap assignments.)
+    unused = np.setdiff1d(np.arange(16), np.asarray(later_out["encoding_indices"]))
     np.testing.assert_allclose(np.asarray(later["vq_ema"]["codebook"])[unused], codebook[unused], rtol=1e-4)
 
 

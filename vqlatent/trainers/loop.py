@@ -45,6 +45,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vqlatent import data as data_lib
+from vqlatent.data.device import to_model_input
 from vqlatent.evaluation import images as image_lib
 from vqlatent.parallel import distributed
 from vqlatent.parallel import mesh as mesh_lib
@@ -90,12 +91,12 @@ class Runner:
         self.state_sharding = mesh_lib.state_sharding(self._state_shapes, self.mesh)
         self._init = jax.jit(self.task.init_state, out_shardings=self.state_sharding)
         self._eval_step = jax.jit(
-            self.task.eval_step,
+            lambda state, batch: self.task.eval_step(state, to_model_input(batch)),
             in_shardings=(self.state_sharding, self.data_sharded),
             out_shardings=self.replicated,
         )
         self._eval_images = jax.jit(
-            self.task.eval_images,
+            lambda state, batch: self.task.eval_images(state, to_model_input(batch)),
             in_shardings=(self.state_sharding, self.data_sharded),
             out_shardings=self.replicated,
         )
@@ -116,7 +117,7 @@ class Runner:
     def train_step_fn(self) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, jax.Array]]]:
         """The task's train step under jit: state kept in its sharding and donated."""
         return jax.jit(
-            self.task.train_step,
+            lambda state, batch: self.task.train_step(state, to_model_input(batch)),
             in_shardings=(self.state_sharding, self.data_sharded),
             out_shardings=(self.state_sharding, self.replicated),
             donate_argnums=(0,),
