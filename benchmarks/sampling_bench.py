@@ -26,6 +26,7 @@ conditioning, attention blocks); choose them with the config overrides.
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
@@ -56,6 +57,7 @@ _COND_FACTOR = flags.DEFINE_integer(
     "cond_factor", 2, "Conditioning maps are S / cond_factor (conditioned priors)."
 )
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
+_JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the rows to this JSON file.")
 _PLAIN_MAX = flags.DEFINE_integer(
     "plain_max_positions", 256, "Run the plain sampler only up to this many positions; estimate it above."
 )
@@ -81,18 +83,18 @@ def _spec(config, size: int) -> codes_data.CodesDatasetSpec:
     )
 
 
-def _timed(fn, *args) -> tuple[float, list[float]]:
-    """(compile seconds, run seconds of each repeat) of jitted `fn` on `args`."""
+def _timed(fn, *args) -> tuple[float, list[float], object]:
+    """(compile seconds, run seconds of each repeat, the output) of jitted `fn` on `args`."""
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))  # Warm-up run.
+    output = jax.block_until_ready(compiled(*args))  # Warm-up run.
     runs = []
     for _ in range(_REPEATS.value):
         start = time.perf_counter()
         jax.block_until_ready(compiled(*args))
         runs.append(time.perf_counter() - start)
-    return compile_s, runs
+    return compile_s, runs, output
 
 
 def _bench(config, size: int) -> dict[str, float | bool | int]:
@@ -110,23 +112,26 @@ def _bench(config, size: int) -> dict[str, float | bool | int]:
     sampling.check_sampling_inputs(model, (size, size), batch, labels, cond, 1.0)
     forward = jax.jit(lambda v, c, l, cc: model.apply(v, c, l, cc))
     out = {"positions": size * size, "params": sum(x.size for x in jax.tree.leaves(variables))}
-    out["forward_compile"], runs = _timed(forward, variables, codes, labels, cond)
+    out["forward_compile"], runs, _ = _timed(forward, variables, codes, labels, cond)
     out["forward"] = statistics.median(runs)
     # The samplers' jitted cores (the public wrappers add only host-side input checks).
     cached = jax.jit(
         lambda v, k, l, cc, t: sampling._sample_cached(model, (size, size), batch, v, k, l, cc, t)
     )  # pylint: disable=protected-access
-    out["cached_compile"], runs = _timed(cached, variables, key, labels, cond, temperature)
+    out["cached_compile"], runs, cached_codes = _timed(cached, variables, key, labels, cond, temperature)
     out["cached"] = statistics.median(runs)
     out["plain_estimated"] = size * size > _PLAIN_MAX.value
+    out["codes_equal"] = None  # Checked only where the plain sampler runs.
     if out["plain_estimated"]:
         out["plain"], out["plain_compile"] = size * size * out["forward"], float("nan")
     else:
         plain = jax.jit(
             lambda v, k, l, cc, t: sampling._sample_plain(model, (size, size), batch, v, k, l, cc, t)
         )  # pylint: disable=protected-access
-        out["plain_compile"], runs = _timed(plain, variables, key, labels, cond, temperature)
+        out["plain_compile"], runs, plain_codes = _timed(plain, variables, key, labels, cond, temperature)
         out["plain"] = statistics.median(runs)
+        # The cache is an implementation detail: same key, same codes, position by position.
+        out["codes_equal"] = bool(np.array_equal(np.asarray(cached_codes), np.asarray(plain_codes)))
     return out
 
 
@@ -144,20 +149,28 @@ def main(argv):
     print()
     print(
         "| codes | params | forward (s) | cached (s) | plain (s) | cached / forward | plain / cached "
-        "| compile forward / cached / plain (s) |"
+        "| compile forward / cached / plain (s) | codes equal |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for size in sizes:
         r = _bench(config, size)
+        rows.append({"size": size, "batch_size": _BATCH.value, **r})
         plain = f"{r['plain']:.3f}" + (" est." if r["plain_estimated"] else "")
         plain_compile = "-" if r["plain_estimated"] else f"{r['plain_compile']:.1f}"
         print(
             f"| {size}x{size} | {r['params']:,} | {r['forward']:.4f} | {r['cached']:.3f} | {plain} "
             f"| {r['cached'] / r['forward']:.1f} | {r['plain'] / r['cached']:.1f}"
             + (" est." if r["plain_estimated"] else "")
-            + f" | {r['forward_compile']:.1f} / {r['cached_compile']:.1f} / {plain_compile} |",
+            + f" | {r['forward_compile']:.1f} / {r['cached_compile']:.1f} / {plain_compile} "
+            + f"| {'-' if r['codes_equal'] is None else r['codes_equal']} |",
             flush=True,
         )
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    if any(r["codes_equal"] is False for r in rows):
+        raise SystemExit("The cached sampler's codes differ from the plain sampler's (see the table).")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ copies our Flax variables into a module, for the equivalence tests
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -358,33 +359,55 @@ class TorchStep:
         return sum(p.numel() for p in self.module.parameters())
 
 
-def torch_batch(batch: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Our numpy batch -> torch: `image` NHWC float -> NCHW; integer arrays (codes, labels) -> int64."""
+def torch_batch(batch: Mapping[str, np.ndarray], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Our numpy batch -> torch on `device`: `image` NHWC -> NCHW float32 (uint8 images / 255, as ours);
+    integer arrays (codes, labels) -> int64."""
     out = {}
     for key, value in batch.items():
         value = np.asarray(value)
         if key == "image":
+            if np.issubdtype(value.dtype, np.integer):
+                value = value.astype(np.float32) * np.float32(1.0 / 255.0)
             out[key] = torch.from_numpy(value).permute(0, 3, 1, 2).contiguous()
         elif np.issubdtype(value.dtype, np.integer):
             out[key] = torch.from_numpy(value.astype(np.int64))
         else:
             out[key] = torch.from_numpy(value)
-    return out
+    return {k: v.to(device) for k, v in out.items()}
+
+
+# Set by `build`: mixed precision for the forward passes (torch.autocast), the PyTorch counterpart of
+# our `config.dtype='bfloat16'` (bf16 activations, float32 parameters and optimizer).
+_AUTOCAST: dict[str, Any] = {"device_type": "cpu", "dtype": None}
+
+
+def _autocast():
+    if _AUTOCAST["dtype"] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=_AUTOCAST["device_type"], dtype=_AUTOCAST["dtype"])
 
 
 def _adam_step(
     model: nn.Module, learning_rate: float, loss_fn: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
-) -> Callable[..., float]:
+) -> Callable[..., torch.Tensor]:
     opt = torch.optim.Adam(model.parameters(), lr=learning_rate)
 
     def step(batch):
+        """One update; returns the loss as a tensor (no host sync: `synchronize` after a round)."""
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(batch)
+        with _autocast():
+            loss = loss_fn(batch)
         loss.backward()
         opt.step()
-        return loss.item()
+        return loss.detach()
 
     return step
+
+
+def synchronize(device: str) -> None:
+    """Waits for the device's queued work (a no-op on the CPU, where torch runs eagerly)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def _autoencoder_step(model: nn.Module, learning_rate: float) -> Callable[..., float]:
@@ -464,11 +487,18 @@ def _pixelcnn(config, levels) -> TorchStep:
 BUILDERS = {"vqvae": _vqvae, "vqvae2": _vqvae2, "pixelcnn": _pixelcnn}
 
 
-def build(model_name: str, config, input_shape) -> TorchStep:
-    """`input_shape`: the image shape (H, W, C) of an autoencoder, or the code levels of a prior."""
+def build(model_name: str, config, input_shape, device: str = "cpu", amp: bool = False) -> TorchStep:
+    """`input_shape`: the image shape (H, W, C) of an autoencoder, or the code levels of a prior.
+
+    `device`: 'cpu' or 'cuda'; `amp`: bfloat16 autocast for the forward passes (the counterpart of our
+    bf16 compute dtype; parameters, gradients and Adam stay float32).
+    """
     if model_name not in BUILDERS:
         raise ValueError(f"No PyTorch reference for model_name={model_name!r}; have {sorted(BUILDERS)}.")
-    return BUILDERS[model_name](config, input_shape)
+    _AUTOCAST.update(device_type=device.split(":")[0], dtype=torch.bfloat16 if amp else None)
+    torch_step = BUILDERS[model_name](config, input_shape)
+    torch_step.module.to(device)
+    return torch_step
 
 
 # -- copying our Flax variables in (the equivalence tests) --------------------------------

@@ -76,6 +76,30 @@ _TORCH_THREADS = flags.DEFINE_integer(
 )
 
 
+_TORCH_DEVICE = flags.DEFINE_string(
+    "torch_device",
+    None,
+    "Device of the PyTorch reference (default: 'cuda' when JAX runs on a GPU and torch sees one, else 'cpu'). "
+    "A bfloat16 config (--config.dtype=bfloat16) runs PyTorch under bf16 autocast.",
+)
+
+
+_CLOCK = flags.DEFINE_enum(
+    "clock",
+    "wall",
+    ["wall", "process"],
+    "wall: elapsed time (a quiet machine). process: this process's CPU time, all threads (pin it to one "
+    "core with taskset and use --torch_threads=1): on a shared machine it counts the steps' own work, "
+    "not the time other processes held the core.",
+)
+
+
+def _peak_device_mib() -> float | None:
+    """Peak bytes the JAX device allocator held (GPU/TPU), or None where it keeps no statistics (CPU)."""
+    stats = jax.devices()[0].memory_stats()
+    return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
+
+
 def main(argv):
     del argv
     config = _CONFIG.value
@@ -118,24 +142,35 @@ def main(argv):
         torch.manual_seed(0)
         if _TORCH_THREADS.value:
             torch.set_num_threads(_TORCH_THREADS.value)
-        torch_step = torch_reference.build(config.model_name, config, torch_input)
-        torch_batch = torch_reference.torch_batch(np_batch)
+        torch_device = _TORCH_DEVICE.value or (
+            "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+        )
+        amp = config.get("dtype", "float32") == "bfloat16"
+        torch_step = torch_reference.build(
+            config.model_name, config, torch_input, device=torch_device, amp=amp
+        )
+        torch_batch = torch_reference.torch_batch(np_batch, torch_device)
         torch_step.step(torch_batch)  # Warm-up.
+        torch_reference.synchronize(torch_device)
+        if torch_device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
 
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
+    clock = time.process_time if _CLOCK.value == "process" else time.perf_counter
     ours, theirs = [], []
     for _ in range(_ROUNDS.value):
-        start = time.perf_counter()
+        start = clock()
         for _ in range(_STEPS.value):
             state, metrics = compiled(state, batch)
         jax.block_until_ready((state, metrics))
-        ours.append((time.perf_counter() - start) / _STEPS.value)
+        ours.append((clock() - start) / _STEPS.value)
         if torch_step is not None:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(_STEPS.value):
                 torch_step.step(torch_batch)
-            theirs.append((time.perf_counter() - start) / _STEPS.value)
+            torch_reference.synchronize(torch_device)
+            theirs.append((clock() - start) / _STEPS.value)
 
     ours_s = statistics.median(ours)
     result = {
@@ -151,7 +186,11 @@ def main(argv):
         "compile_s": compile_s,
         "compilation_cache": bool(_CACHE.value),
         "xla_memory_mib": mem_mb,
+        "dtype": config.get("dtype", "float32"),
+        "peak_device_mib": _peak_device_mib(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "jax_rounds_ms": [t * 1e3 for t in ours],
+        "clock": _CLOCK.value,
     }
     print(
         f"model={config.model_name} {described} batch={batch_size} params={num_params} "
@@ -169,6 +208,11 @@ def main(argv):
             torch_per_s=batch_size / theirs_s,
             torch_params=int(torch_step.num_params()),
             torch_threads=torch.get_num_threads(),
+            torch_device=torch_device,
+            torch_amp=amp,
+            torch_peak_device_mib=(
+                torch.cuda.max_memory_allocated() / 2**20 if torch_device.startswith("cuda") else None
+            ),
             torch_rounds_ms=[t * 1e3 for t in theirs],
             ratio=theirs_s / ours_s,
         )

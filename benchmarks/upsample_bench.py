@@ -27,6 +27,7 @@ from vqlatent.nets.layers import SubpixelConvTranspose
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")
 _CONV_T = flags.DEFINE_bool("conv_transpose", False, "Also time nn.ConvTranspose (seconds per call).")
+_SMOKE = flags.DEFINE_bool("smoke", False, "One tiny shape (proves the script runs; numbers mean nothing).")
 
 # (name, batch, input size, Cin, Cout)
 SHAPES = (
@@ -51,7 +52,7 @@ def main(argv):
     )
     print("| layer | " + " | ".join(impls) + " | subpixel / per_phase |")
     print("|---" * (len(impls) + 2) + "|")
-    for name, batch, size, cin, cout in SHAPES:
+    for name, batch, size, cin, cout in (("smoke", 2, 4, 8, 8),) if _SMOKE.value else SHAPES:
         x = jax.random.normal(jax.random.key(0), (batch, size, size, cin))
         steps = {}
         for key, make in impls.items():
