@@ -3,6 +3,7 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from helpers import load_config, train_tiny_prior
 
 from vqlatent import data as data_lib
 from vqlatent.codes import layout
+from vqlatent.nets import pixelcnn as nn_pixelcnn
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 from vqlatent.priors import data as codes_data
 from vqlatent.priors import sample_codes, sample_codes_cached
@@ -275,3 +277,78 @@ def test_sample_mode_decodes_a_class_grid_through_the_whole_hierarchy(tmp_path, 
     assert out["samples"].shape == (20, 8, 8, 1) and os.path.getsize(out["images"]) > 100
     saved = np.load(out["codes"])
     np.testing.assert_array_equal(saved["bottom"], out["codes_by_level"]["bottom"])
+
+
+# -- compute dtype and attention ----------------------------------------------------------
+
+
+def _full_model(dtype=jnp.float32):
+    return _tiny(num_classes=3, cond_num_codes=4, num_layers=3, attention_layers=(1,), dtype=dtype)
+
+
+def _full_inputs(batch=3):
+    codes = jax.random.randint(jax.random.PRNGKey(5), (batch, H, W), 0, 5)
+    labels = np.arange(batch) % 3
+    cond = np.asarray(jax.random.randint(jax.random.PRNGKey(6), (batch, H // 2, W // 2), 0, 4))
+    return codes, labels, cond
+
+
+def test_bfloat16_forward_is_finite_and_close_to_float32_with_float32_attention_and_logits():
+    codes, labels, cond = _full_inputs()
+    variables = _full_model().init(jax.random.PRNGKey(0), codes, labels, cond)  # float32 parameters.
+    reference = jax.jit(_full_model().apply)(variables, codes, labels, cond)
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        dtypes = {leaf.dtype for leaf in jax.tree.leaves(out)}
+        seen.append((type(context.module).__name__, context.method_name, dtypes))
+        return out
+
+    with nn.intercept_methods(record):  # Records while tracing: dtypes are static.
+        logits = jax.jit(_full_model(jnp.bfloat16).apply)(variables, codes, labels, cond)
+    assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+    # bf16 keeps 8 bits of mantissa: the logits agree to a few percent of their spread.
+    np.testing.assert_allclose(logits, reference, atol=0.05 * float(jnp.std(reference)), rtol=0.02)
+    dtypes = {}
+    for module, method, out_dtypes in seen:
+        dtypes.setdefault((module, method), set()).update(out_dtypes)
+    # Every table lookup (codes, class biases, the conditioning codes) is in the compute dtype,
+    # the attention logits (and so their softmax) in float32.
+    assert dtypes[("Embed", "__call__")] == {jnp.dtype(jnp.bfloat16)}, dtypes
+    assert dtypes[("CausalSelfAttention", "attention_logits")] == {jnp.dtype(jnp.float32)}, dtypes
+    assert dtypes[("GatedLayer", "__call__")] == {jnp.dtype(jnp.bfloat16)}, dtypes  # Gates stay bf16.
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_attention_is_jax_nn_dot_product_attention(dtype):
+    # softmax(q.k / sqrt(d)) v over positions q <= p, the reference formula as jax.nn implements it.
+    attention = nn_pixelcnn.CausalSelfAttention(channels=8, num_heads=2, dtype=dtype)
+    h = jax.random.normal(jax.random.PRNGKey(0), (2, H, W, 8)).astype(dtype)
+    variables = attention.init(jax.random.PRNGKey(1), h)
+    flat = h.reshape(2, N, 8)
+
+    def reference(m):
+        q, (k, v) = m._heads(m.query(flat)), m.keys_values(flat)
+        attended = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return flat + m.out(attended.reshape(2, N, 8))
+
+    expected = jax.jit(nn.apply(reference, attention))(variables)
+    got = jax.jit(attention.apply)(variables, h).reshape(2, N, 8)
+    assert got.dtype == expected.dtype == dtype
+    tolerance = 1e-6 if dtype == jnp.float32 else 2e-2
+    np.testing.assert_allclose(
+        np.asarray(got, np.float32), np.asarray(expected, np.float32), atol=tolerance, rtol=tolerance
+    )
+
+
+def test_cached_sampler_draws_the_same_codes_as_the_plain_one_in_bfloat16():
+    codes, labels, cond = _full_inputs()
+    variables = _full_model().init(jax.random.PRNGKey(1), codes, labels, cond)
+    model, rng = _full_model(jnp.bfloat16), jax.random.PRNGKey(7)
+    plain = sample_codes(model, variables, rng, (H, W), 3, labels=labels, cond_codes=cond, temperature=2.0)
+    cached = sample_codes_cached(
+        model, variables, rng, (H, W), 3, labels=labels, cond_codes=cond, temperature=2.0
+    )
+    np.testing.assert_array_equal(plain, cached)
+    assert len(np.unique(np.asarray(plain))) > 1

@@ -11,14 +11,16 @@ import numpy as np
 import pytest
 from helpers import load_config, tiny_vqvae_config, train_tiny_prior
 
+from vqlatent import data as data_lib
 from vqlatent import main as main_lib
 from vqlatent.codes import layout
 from vqlatent.evaluation import sample_quality as sq
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
-from vqlatent.priors import check_sampling_inputs
+from vqlatent.priors import check_sampling_inputs, generate, sampling
 from vqlatent.priors import data as codes_data
 from vqlatent.trainers import loop
 from vqlatent.trainers.classifier import random_shift
+from vqlatent.utils import workdir as workdir_lib
 
 # -- pure functions ------------------------------------------------------------------
 
@@ -238,3 +240,45 @@ def test_prior_of_another_codebook_size_is_refused_before_sampling(pipeline):
         r"config.data.codes_dir=.*codes_k5' has K=5",
     ):
         main_lib.run(config, pipeline["prior_workdir"], "sample")
+
+
+def test_workdir_helper_restores_what_the_runner_restores_without_a_pass_over_the_data(pipeline, monkeypatch):
+    # The light helper (config.json -> task -> checkpoint) against the full Runner of the same workdir.
+    def no_data_pass(*args, **kwargs):
+        raise AssertionError("loading a workdir for inference must not read the training data")
+
+    for name in ("vq_workdir", "clf_workdir", "prior_workdir"):
+        path = pipeline[name]
+        expected, expected_step = loop.Runner(workdir_lib.load_config(path), path).restore_for_eval()
+        with monkeypatch.context() as m:
+            m.setattr(data_lib, "estimate_pixel_variance", no_data_pass)
+            run = workdir_lib.load(path)
+            state, step = run.restore()
+        assert step == expected_step and type(run.task).__module__.endswith(run.config.model_name)
+        assert jax.tree.structure(state) == jax.tree.structure(expected)
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        workdir_lib.load(str(pipeline["root"] / "nowhere"))
+    untrained = pipeline["root"] / "untrained"
+    untrained.mkdir()
+    shutil.copy(os.path.join(pipeline["clf_workdir"], "config.json"), untrained)
+    with pytest.raises(FileNotFoundError, match="No checkpoint in .*untrained/checkpoints: train first"):
+        workdir_lib.load(str(untrained)).restore()
+
+
+def test_sample_images_are_the_hierarchy_sampler_and_decoder_batch_by_batch(pipeline):
+    # generate.sample_images against its definition: batch b of labels drawn by sample_hierarchy with
+    # fold_in(rng, b) and decoded by the VQ-VAE, the last batch padded with its last label and trimmed.
+    hierarchy = generate.load_hierarchy(workdir_lib.load(pipeline["prior_workdir"]))
+    labels, rng = np.array([3, 1, 4, 1, 5], np.int32), jax.random.PRNGKey(11)
+    codes, images = generate.sample_images(hierarchy, labels, rng, 0.8, batch_size=2)
+    decode = jax.jit(hierarchy.code_model.decode_codes)
+    for b, start in enumerate(range(0, len(labels), 2)):
+        chunk = labels[start : start + 2]
+        padded = np.concatenate([chunk, np.repeat(chunk[-1:], 2 - len(chunk))])
+        want = sampling.sample_hierarchy(hierarchy.priors, jax.random.fold_in(rng, b), 2, padded, 0.8)
+        want_images = np.clip(np.asarray(decode(hierarchy.vq_state, want)), 0.0, 1.0)
+        np.testing.assert_array_equal(codes["top"][start : start + 2], np.asarray(want["top"])[: len(chunk)])
+        np.testing.assert_array_equal(images[start : start + 2], want_images[: len(chunk)])

@@ -54,3 +54,11 @@ def save_png(path: str, image: np.ndarray) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def class_grid(images: np.ndarray, num_classes: int, per_class: int, num_cols: int) -> np.ndarray:
+    """A PNG grid of class-major images (`per_class` of each class): one row per class, its first
+    `num_cols` images."""
+    rows = images.reshape(num_classes, per_class, *images.shape[1:])[:, :num_cols]
+    rows = rows.reshape(-1, *images.shape[1:])
+    return make_grid(rows, num_cols=min(num_cols, per_class), upscale=auto_upscale(images.shape[1]))

@@ -81,6 +81,8 @@ def pad_horizontal(x: jax.Array, half: int) -> jax.Array:
 
 
 def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+    """(B, h, w, C) -> (B, f h, f w, C), each value copied to an f x f block (static repeats lower to a
+    broadcast and a reshape; `jax.image.resize(..., 'nearest')` computes the same by a gather)."""
     return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
@@ -114,8 +116,12 @@ class GatedLayer(nn.Module):
         self.vertical_to_horizontal = nn.Dense(c2, dtype=self.dtype, name="vertical_to_horizontal")
         self.horizontal_out = nn.Dense(self.channels, dtype=self.dtype, name="horizontal_out")
         if self.num_classes:
-            self.class_bias_vertical = nn.Embed(self.num_classes, c2, name="class_bias_vertical")
-            self.class_bias_horizontal = nn.Embed(self.num_classes, c2, name="class_bias_horizontal")
+            self.class_bias_vertical = nn.Embed(
+                self.num_classes, c2, dtype=self.dtype, name="class_bias_vertical"
+            )
+            self.class_bias_horizontal = nn.Embed(
+                self.num_classes, c2, dtype=self.dtype, name="class_bias_horizontal"
+            )
         if self.conditioned:
             self.cond_vertical = nn.Dense(c2, dtype=self.dtype, name="cond_vertical")
             self.cond_horizontal = nn.Dense(c2, dtype=self.dtype, name="cond_horizontal")
@@ -192,13 +198,26 @@ class CausalSelfAttention(nn.Module):
         """(B, N, C) -> keys, values (B, N, heads, d)."""
         return self._heads(self.key(h)), self._heads(self.value(h))
 
+    def attention_logits(self, q: jax.Array, keys: jax.Array) -> jax.Array:
+        """q (B, M, heads, d), keys (B, N, heads, d) -> q.k / sqrt(d) (B, heads, M, N), in float32
+        whatever the compute dtype (bf16 products accumulated in float32, as softmax needs)."""
+        logits = jnp.einsum("bmhd,bnhd->bhmn", q, keys, preferred_element_type=jnp.float32)
+        return logits / np.sqrt(q.shape[-1]).astype(np.float32)
+
     def attend(self, h_query: jax.Array, keys: jax.Array, values: jax.Array, allowed: jax.Array) -> jax.Array:
-        """h_query (B, M, C); keys/values (B, N, heads, d); allowed (M, N) -> h_query + attention."""
+        """h_query (B, M, C); keys/values (B, N, heads, d); allowed (M, N) -> h_query + attention.
+
+        softmax(q.k / sqrt(d)) v over the allowed keys (Vaswani et al. 2017, eq. 1): the logits and the
+        softmax in float32, the weighted sum of the values in the compute dtype. This is what
+        `jax.nn.dot_product_attention` computes (tested equal up to rounding); it is written out
+        because that function's grouped-query vmap changes XLA:CPU's summation order (last-bit
+        differences, ~3e-7) and its default implementation is this same XLA graph on every backend.
+        """
         q = self._heads(self.query(h_query))
-        d = q.shape[-1]
-        logits = jnp.einsum("bmhd,bnhd->bhmn", q, keys) / np.sqrt(d).astype(np.float32)
-        logits = jnp.where(allowed[None, None], logits, -1e30)
-        weights = jax.nn.softmax(logits, axis=-1)
+        # The cached sampler keeps keys and values in float32: back to the compute dtype (exact).
+        keys, values = keys.astype(q.dtype), values.astype(q.dtype)
+        logits = jnp.where(allowed[None, None], self.attention_logits(q, keys), -1e30)
+        weights = jax.nn.softmax(logits, axis=-1).astype(values.dtype)
         attended = jnp.einsum("bhmn,bnhd->bmhd", weights, values)
         return h_query + self.out(attended.reshape(*h_query.shape[:-1], self.channels))
 
@@ -220,7 +239,7 @@ class ConditioningStack(nn.Module):
 
     @nn.compact
     def __call__(self, cond_codes: jax.Array, factor: int) -> jax.Array:
-        x = nn.Embed(self.num_codes, self.channels, name="embed")(cond_codes)
+        x = nn.Embed(self.num_codes, self.channels, dtype=self.dtype, name="embed")(cond_codes)
         x = nn.relu(nn.Conv(self.channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv_in")(x))
         x = upsample_nearest(x, factor)
         return nn.relu(nn.Conv(self.channels, (3, 3), padding="SAME", dtype=self.dtype, name="conv_out")(x))
@@ -266,7 +285,7 @@ class GatedPixelCNN(nn.Module):
                 f"attention_layers={tuple(self.attention_layers)}: {bad} not in "
                 f"[0, num_layers={self.num_layers})."
             )
-        self.embed = nn.Embed(self.num_codes, self.channels, name="embed")
+        self.embed = nn.Embed(self.num_codes, self.channels, dtype=self.dtype, name="embed")
         self.layers = [
             GatedLayer(
                 self.channels,

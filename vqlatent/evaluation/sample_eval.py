@@ -1,0 +1,202 @@
+"""`--mode=sample_eval`: class-conditional samples judged by the project's classifier.
+
+Run with the top prior's config and workdir (as `--mode=sample`, `vqlatent.priors.generate`).
+It draws `sample.eval_per_class` samples per class, classifies them with the checkpoint in
+`sample.classifier_workdir` (`configs/classifier.py`) and reports the fraction classified as
+their label and the Frechet distance of the classifier's features to the real eval split's
+(`vqlatent.evaluation.sample_quality`), next to the same figures for as many held-out real
+images: what perfect samples would score. Writes `<workdir>/eval/sample_eval.json` and
+`<workdir>/images/sample_eval.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from vqlatent import data as data_lib
+from vqlatent.data.device import images_to_float
+from vqlatent.evaluation import images as image_lib
+from vqlatent.evaluation import sample_quality
+from vqlatent.priors import generate
+from vqlatent.trainers import base
+from vqlatent.utils import workdir as workdir_lib
+
+TRAIN_CLASSIFIER_HINT = (
+    "python -m vqlatent.main --config=configs/classifier.py:mnist "
+    "--config.data.manual_dir=... --workdir=CLASSIFIER_WORKDIR"
+)
+
+
+def load_classifier(path: str | None) -> tuple[workdir_lib.Workdir, base.TrainState]:
+    """(workdir, newest state) of the classifier in `path` (`configs/classifier.py`), or a clear error."""
+    if not path:
+        raise ValueError(
+            f"--mode=sample_eval needs config.sample.classifier_workdir: the workdir of a "
+            f"classifier trained on the VQ-VAE's dataset ({TRAIN_CLASSIFIER_HINT})."
+        )
+    try:
+        model_name = workdir_lib.load_config(path).get("model_name")
+    except FileNotFoundError:
+        raise ValueError(
+            f"config.sample.classifier_workdir={path!r} has no config.json: it is not the "
+            f"workdir of a trained classifier ({TRAIN_CLASSIFIER_HINT})."
+        ) from None
+    if model_name != "classifier":
+        raise ValueError(
+            f"config.sample.classifier_workdir={path!r} holds a model_name={model_name!r} "
+            f"run, not a classifier ({TRAIN_CLASSIFIER_HINT})."
+        )
+    classifier = workdir_lib.load(path)
+    state, _ = classifier.restore()
+    return classifier, state
+
+
+def _classify(
+    classify: Any, state: base.TrainState, images: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, features) of images, `batch_size` at a time (padded: one compiled shape)."""
+    batch = min(batch_size, len(images))
+    logits, features = [], []
+    for _, start, stop in generate.padded_batches(len(images), batch):
+        out = jax.device_get(classify(state, generate.pad_rows(images[start:stop], batch)))
+        logits.append(np.asarray(out["logits"])[: stop - start])
+        features.append(np.asarray(out["features"])[: stop - start])
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def _classify_real_images(classify: Any, state: base.TrainState, data_config: Any, batch_size: int):
+    """(logits, features, labels) of the whole real eval split of `data_config` (padding dropped)."""
+    logits, features, labels = [], [], []
+    for batch in data_lib.make_eval_batches(data_config, global_batch_size=batch_size):
+        keep = np.asarray(batch["mask"]) > 0
+        out = jax.device_get(classify(state, batch["image"]))
+        logits.append(np.asarray(out["logits"])[keep])
+        features.append(np.asarray(out["features"])[keep])
+        labels.append(np.asarray(batch["label"])[keep])
+    return np.concatenate(logits), np.concatenate(features), np.concatenate(labels)
+
+
+def sample_eval_mode(top: workdir_lib.Workdir) -> dict[str, Any]:
+    """`--mode=sample_eval` of the top prior `top` (its config, task and workdir).
+
+    Draws `sample.eval_per_class` hierarchies per class (as `--mode=sample`, with
+    `sample.seed`), decodes them, and classifies them with the checkpoint in
+    `sample.classifier_workdir`. The real eval split of the VQ-VAE's dataset is
+    split (`sample_quality.split_reference_and_heldout`) into `eval_per_class`
+    held-out images per class and a reference (all the others). Reports, in
+    `<workdir>/eval/sample_eval.json`:
+
+      sample_label_accuracy     samples classified as the class they were drawn for
+      sample_frechet_distance   Frechet distance of the samples' classifier
+                                features to the reference's
+      floor_label_accuracy, floor_frechet_distance
+                                the same for the held-out real images (as many,
+                                same class balance): what perfect samples would score
+      classifier_test_accuracy  the classifier on the whole real eval split
+
+    and writes `<workdir>/images/sample_eval.png` (one row per class).
+    Deterministic given the checkpoints and `sample.seed` (and `sample.batch_size`).
+    """
+    options = top.config.sample
+    generate.check_sample_options(options, "sample_eval")
+    num_classes = top.task.model.num_classes
+    if not num_classes:
+        raise ValueError(
+            f"--mode=sample_eval judges class-conditional samples, but the prior in "
+            f"{top.path} is unconditional (config.prior.class_conditional=False)."
+        )
+    start_time = time.time()
+    classifier_workdir = options.get("classifier_workdir")
+    classifier, clf_state = load_classifier(classifier_workdir)
+    hierarchy = generate.load_hierarchy(top)
+    image_shape = tuple(hierarchy.vq.spec.image_shape)
+    if classifier.task.num_classes != num_classes or tuple(classifier.spec.image_shape) != image_shape:
+        raise ValueError(
+            f"config.sample.classifier_workdir={classifier_workdir!r}: the classifier takes "
+            f"{tuple(classifier.spec.image_shape)} images of {classifier.task.num_classes} classes, but the "
+            f"samples are {image_shape} images of {num_classes} classes (the VQ-VAE in "
+            f"{hierarchy.vq_workdir}): train the classifier on the VQ-VAE's dataset."
+        )
+
+    per_class, batch_size = int(options.eval_per_class), int(options.batch_size)
+    # Images as the loop hands them to a model: uint8 batches become float32 in [0, 1] on the device.
+    classify = jax.jit(lambda state, images: classifier.task.classify(state, images_to_float(images)))
+    # The real images first: a split too small for eval_per_class fails before any sampling.
+    real_logits, real_features, real_labels = _classify_real_images(
+        classify, clf_state, hierarchy.vq.config.data, batch_size
+    )
+    reference, heldout = sample_quality.split_reference_and_heldout(real_labels, per_class, num_classes)
+    reference_stats = sample_quality.gaussian_statistics(real_features[reference])
+
+    labels = generate.class_labels(num_classes, per_class)
+    _, images = generate.sample_images(
+        hierarchy, labels, jax.random.PRNGKey(options.seed), float(options.temperature), batch_size
+    )
+    sample_logits, sample_features = _classify(classify, clf_state, images, batch_size)
+    sample_predictions = sample_quality.predicted_labels(sample_logits)
+    real_predictions = sample_quality.predicted_labels(real_logits)
+
+    metrics = {
+        "sample_label_accuracy": sample_quality.label_accuracy(sample_predictions, labels),
+        "sample_frechet_distance": sample_quality.frechet_distance(
+            *sample_quality.gaussian_statistics(sample_features), *reference_stats
+        ),
+        "floor_label_accuracy": sample_quality.label_accuracy(
+            real_predictions[heldout], real_labels[heldout]
+        ),
+        "floor_frechet_distance": sample_quality.frechet_distance(
+            *sample_quality.gaussian_statistics(real_features[heldout]), *reference_stats
+        ),
+        "classifier_test_accuracy": sample_quality.label_accuracy(real_predictions, real_labels),
+        "sample_per_class_accuracy": sample_quality.per_class_accuracy(
+            sample_predictions, labels, num_classes
+        ),
+        "num_samples": len(labels),
+        "eval_per_class": per_class,
+        "num_reference": len(reference),
+        "num_heldout": len(heldout),
+        "feature_dim": int(sample_features.shape[1]),
+        "temperature": float(options.temperature),
+        "seed": int(options.seed),
+        "batch_size": batch_size,
+        "prior_workdirs": dict(zip([p["level"] for p in hierarchy.priors], hierarchy.prior_workdirs)),
+        "prior_step": hierarchy.prior_step,
+        "vqvae_workdir": hierarchy.vq_workdir,
+        "vqvae_step": hierarchy.vq_step,
+        "classifier_workdir": classifier_workdir,
+        "classifier_step": int(clf_state.step),
+        "seconds": time.time() - start_time,
+    }
+    json_path = os.path.join(top.path, "eval", "sample_eval.json")
+    image_path = os.path.join(top.path, "images", "sample_eval.png")
+    if jax.process_index() == 0:
+        num_cols = min(per_class, int(options.num_per_class))
+        image_lib.save_png(image_path, image_lib.class_grid(images, num_classes, per_class, num_cols))
+        os.makedirs(os.path.dirname(json_path), exist_ok=True)
+        with open(json_path + ".tmp", "w") as f:
+            json.dump(metrics, f, indent=2, sort_keys=True)
+        os.replace(json_path + ".tmp", json_path)
+    logging.info(
+        "sample_eval (%d samples, %d per class, temperature %g): samples classified as their "
+        "label %.4f (held-out real images: %.4f), Frechet distance to the real reference %.4g "
+        "(held-out real images: %.4g), classifier accuracy on the real eval split %.4f; "
+        "written to %s and %s.",
+        len(labels),
+        per_class,
+        float(options.temperature),
+        metrics["sample_label_accuracy"],
+        metrics["floor_label_accuracy"],
+        metrics["sample_frechet_distance"],
+        metrics["floor_frechet_distance"],
+        metrics["classifier_test_accuracy"],
+        json_path,
+        image_path,
+    )
+    return {**metrics, "json": json_path, "images": image_path, "samples": images, "labels": labels}
