@@ -19,7 +19,14 @@ import sys
 from collections.abc import Mapping
 
 # XLA:CPU flags set by the package when the user has not set XLA_FLAGS (see module docstring).
-CPU_XLA_FLAGS: tuple[str, ...] = ()
+# jaxlib 0.10 routes convolutions through YNNPACK/XNNPACK library fusions by default; their kernel
+# gradients run 2-8x slower than XLA's own convolutions on AVX-512 CPUs, and whole train steps
+# 1.3x slower (benchmarks/xla_cpu_flags_bench.py and train_step_bench.py; benchmarks/RESULTS.md,
+# "Speed against PyTorch"). Empty values turn those fusions off. They only affect the CPU backend.
+CPU_XLA_FLAGS: tuple[str, ...] = (
+    "--xla_cpu_experimental_ynn_fusion_type=",
+    "--xla_cpu_experimental_xnn_fusion_type=",
+)
 
 
 def set_cpu_xla_flags() -> bool:

@@ -1,0 +1,68 @@
+"""vqlatent.backend: per-backend choices and the XLA:CPU flags the package sets on import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vqlatent import backend
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PRINT_FLAGS = "import vqlatent, os; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
+
+
+def _flags_after_import(env_changes: dict[str, str | None], code: str = _PRINT_FLAGS) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "VQLATENT_XLA_FLAGS")}
+    env.update({k: v for k, v in env_changes.items() if v is not None})
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - a literal printed by our child.
+
+
+def test_import_sets_the_cpu_flags_when_the_user_set_none():
+    assert _flags_after_import({}) == " ".join(backend.CPU_XLA_FLAGS)
+
+
+def test_the_users_xla_flags_win_even_when_empty():
+    assert _flags_after_import({"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}) == (
+        "--xla_cpu_enable_fast_math=false"
+    )
+    assert _flags_after_import({"XLA_FLAGS": ""}) == ""
+
+
+def test_opt_out_and_a_started_backend_leave_xla_flags_alone():
+    assert _flags_after_import({"VQLATENT_XLA_FLAGS": "0"}) == "<unset>"
+    started_first = (
+        "import jax, os; jax.devices(); import vqlatent; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
+    )
+    assert _flags_after_import({}, started_first) == "<unset>"
+
+
+def test_the_flags_keep_convolutions_exact():
+    """A convolution and its kernel gradient agree (float32 rounding) with and without the flags."""
+    code = (
+        "import vqlatent, jax, jax.numpy as jnp, numpy as np\n"
+        "x = jax.random.normal(jax.random.key(0), (4, 12, 12, 8)); w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))\n"
+        "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "y, dw = f(x, w), jax.grad(lambda w: jnp.sum(f(x, w) ** 2))(w)\n"
+        "print(repr(repr(np.concatenate([np.ravel(y), np.ravel(dw)]).tolist())))"
+    )
+    with_flags = eval(_flags_after_import({}, code))  # noqa: S307 - a list literal printed by our child.
+    without = eval(_flags_after_import({"VQLATENT_XLA_FLAGS": "0"}, code))  # noqa: S307
+    scale = max(abs(v) for v in without)
+    assert max(abs(a - b) for a, b in zip(with_flags, without)) <= 1e-5 * scale
+
+
+def test_resolve_picks_the_backend_default_and_rejects_unknown_values(monkeypatch):
+    table = {"cpu": "subpixel", "gpu": "conv_transpose", "default": "conv_transpose"}
+    choices = ("subpixel", "conv_transpose")
+    monkeypatch.setattr(backend, "default_backend", lambda: "cpu")
+    assert backend.resolve("model.upsample", "auto", table, choices) == "subpixel"
+    monkeypatch.setattr(backend, "default_backend", lambda: "tpu")
+    assert backend.resolve("model.upsample", "auto", table, choices) == "conv_transpose"
+    assert backend.resolve("model.upsample", "subpixel", table, choices) == "subpixel"
+    with pytest.raises(ValueError, match=r"model.upsample='bilinear'.*'auto'"):
+        backend.resolve("model.upsample", "bilinear", table, choices)
