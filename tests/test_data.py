@@ -16,6 +16,7 @@ import pytest
 from vqlatent import data
 from vqlatent.data import prepare
 from vqlatent.data.builders import mnist_idx, sklearn_digits
+from vqlatent.data.device import to_model_input
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,10 +173,12 @@ def test_train_iterator_batches(digits_cfg):
     batch = next(it)
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (32, 8, 8, 1)
-    assert batch["image"].dtype == np.float32
+    assert batch["image"].dtype == np.uint8  # Crosses to the device as uint8 ...
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
-    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
-    assert batch["image"].max() == 1.0
+    image = np.asarray(to_model_input(batch)["image"])  # ... and becomes float32 [0, 1] there.
+    assert image.dtype == np.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.max() == 1.0
 
 
 def test_train_iterator_resume_exact(digits_cfg):

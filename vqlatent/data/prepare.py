@@ -21,7 +21,8 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from vqlatent.data import builders as project_builders
-from vqlatent.data import pipeline
+from vqlatent.data import tfds_sources
+from vqlatent.data.sources import DataError, base_name
 
 _DATASET = flags.DEFINE_string(
     "dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.", required=True
@@ -47,22 +48,22 @@ def prepare(
       manual_dir: manual download dir, if the dataset needs one.
 
     Raises:
-      pipeline.UnknownDatasetError: unknown name.
-      pipeline.ManualDirError: mnist_idx without its files in manual_dir.
-      pipeline.DataError: catalog dataset without TensorFlow installed.
+      vqlatent.data.UnknownDatasetError: unknown name.
+      vqlatent.data.ManualDirError: mnist_idx without its files in manual_dir.
+      vqlatent.data.DataError: catalog dataset without TensorFlow installed.
     """
-    if pipeline.base_name(name) in project_builders.PROJECT_BUILDERS:
-        return pipeline.prepare_project_builder(name, data_dir, manual_dir)
-    builder = pipeline.make_builder(name, data_dir)
-    if pipeline.is_prepared(builder):
+    if base_name(name) in project_builders.PROJECT_BUILDERS:
+        return tfds_sources.prepare_project_builder(name, data_dir, manual_dir)
+    builder = tfds_sources.make_builder(name, data_dir)
+    if tfds_sources.is_prepared(builder):
         return builder
     if importlib.util.find_spec("tensorflow") is None:
-        raise pipeline.DataError(f"Cannot prepare {name!r}: TensorFlow is not installed. {TF_HINT}.")
+        raise DataError(f"Cannot prepare {name!r}: TensorFlow is not installed. {TF_HINT}.")
     builder.download_and_prepare(
         file_format="array_record",
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
     )
-    return pipeline.make_builder(name, data_dir)
+    return tfds_sources.make_builder(name, data_dir)
 
 
 def main(argv: Sequence[str]) -> None:
@@ -70,7 +71,7 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
-    except pipeline.DataError as e:
+    except DataError as e:
         raise SystemExit(f"Error: {e}") from e
     info = builder.info
     print(f"Prepared {info.full_name} ({info.file_format.value}) in {os.fspath(builder.data_dir)}")
