@@ -85,6 +85,13 @@ def test_train_and_test_subfolders_and_flat_folders(tmp_path):
     cfg = _cfg(tmp_path / "flat", tmp_path / "out", eval_fraction=0.1)
     assert data.get_spec(cfg) == data.DatasetSpec((*SOURCE_HW, 1), None, 18, 2)  # Native size.
     assert not _all(cfg, "train")["label"].any()
+    # FFHQ's layout (images1024x1024/00000/00000.png, ...): subfolders that are not classes.
+    _write_folder(tmp_path / "ffhq", n=30, prefix="00000", classes=False)
+    _write_folder(tmp_path / "ffhq", n=10, prefix="01000", classes=False)
+    cfg = _cfg(tmp_path / "ffhq", tmp_path / "out", image_size=8, eval_fraction=0.1, label_key=None)
+    assert data.get_spec(cfg) == data.DatasetSpec((8, 8, 1), None, 36, 4)
+    cfg.label_key = "label"  # As classes: the two subfolders would be labels 0 and 1.
+    assert data.get_spec(cfg) == data.DatasetSpec((8, 8, 1), 2, 36, 4)
 
 
 def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path, monkeypatch):

@@ -5,6 +5,8 @@ starting with '.' are ignored):
   DIR/*.png                      no labels; `data.eval_fraction` held out as 'test'
   DIR/<class>/*.png              one subfolder per class: labels 0..K-1 in sorted name order
   DIR/train/..., DIR/test/...    the two splits as given (each flat or with class subfolders)
+With `data.label_key=None` subfolders are not classes: every image under DIR (any
+depth, e.g. FFHQ's images1024x1024/00000/00000.png) is taken, without labels.
 
 The held-out images are a fixed function of the sorted file list: a permutation
 with seed 0, whose first round(n * eval_fraction) images are 'test'. Both splits
@@ -84,8 +86,8 @@ def _list_images(root: str) -> tuple[list[str], list[str]]:
     return sorted(images), others
 
 
-def _labelled(root: str, what: str) -> tuple[list[str], list[str] | None]:
-    """Images under `root` and their class names (None when every image is directly in `root`)."""
+def _labelled(root: str, what: str, labelled: bool) -> tuple[list[str], list[str] | None]:
+    """Images under `root` and their class names (None without labels, or when all are directly in `root`)."""
     images, others = _list_images(root)
     if not images:
         hint = f" (found {len(others)} other files, e.g. {others[0]})" if others else ""
@@ -93,24 +95,31 @@ def _labelled(root: str, what: str) -> tuple[list[str], list[str] | None]:
             f"No images in {what} {root}{hint}: put {', '.join(EXTENSIONS)} files there, directly "
             "or in one subfolder per class."
         )
+    if not labelled:
+        return images, None
     flat = [p for p in images if os.sep not in p]
     if flat and len(flat) < len(images):
         nested = next(p for p in images if os.sep in p)
         raise DataError(
             f"{what} {root} mixes images at its top level ({len(flat)}, e.g. {flat[0]}) with images in "
             f"subfolders ({len(images) - len(flat)}, e.g. {nested}): put all of them in one subfolder per "
-            "class (labels), or none in subfolders (no labels)."
+            "class (labels), or none in subfolders (no labels), or set --config.data.label_key=None to "
+            "take every image under it without labels."
         )
     return images, (None if flat else sorted({p.split(os.sep)[0] for p in images}))
 
 
-def scan(folder: str, eval_fraction: float) -> dict[str, Any]:
-    """The split plan of `folder`: {'classes': names or None, 'splits': {split: [[path, label], ...]}}."""
+def scan(folder: str, eval_fraction: float, labelled: bool = True) -> dict[str, Any]:
+    """The split plan of `folder`: {'classes': names or None, 'splits': {split: [[path, label], ...]}}.
+
+    With `labelled=False` (`data.label_key=None`), subfolders are not classes: every
+    image under the folder (or under train/ and test/) is taken, with label 0.
+    """
     if not folder or not os.path.isdir(folder):
         raise DataError(f"config.data.folder={folder!r} is not a directory (set --config.data.folder=DIR).")
     top = {d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))}
     if set(SPLITS) <= top:
-        listed = {s: _labelled(os.path.join(folder, s), "split folder") for s in SPLITS}
+        listed = {s: _labelled(os.path.join(folder, s), "split folder", labelled) for s in SPLITS}
         classes = listed["train"][1]
         if (classes is None) != (listed["test"][1] is None) or not set(listed["test"][1] or []) <= set(
             classes or []
@@ -123,7 +132,7 @@ def scan(folder: str, eval_fraction: float) -> dict[str, Any]:
     else:
         if not 0.0 <= eval_fraction < 1.0:
             raise DataError(f"config.data.eval_fraction={eval_fraction}: must be in [0, 1).")
-        images, classes = _labelled(folder, "folder")
+        images, classes = _labelled(folder, "folder", labelled)
         order = np.random.default_rng(0).permutation(len(images))
         num_test = int(round(len(images) * eval_fraction))
         plan = {
@@ -289,19 +298,20 @@ def _write_shards(folder: str, directory: str, plan: dict[str, Any], shape, work
     return skipped
 
 
+def _labels(data_cfg: Any) -> bool:
+    """Whether class subfolders are labels (`data.label_key` not None or '')."""
+    return bool(data_cfg.get("label_key", "label"))
+
+
 def prepared_dir(data_cfg: Any) -> str:
     """Where the folder is prepared: <data_dir>/image_folder/<name>-<hash of folder, size, channels, split>."""
     folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
     data_dir = cfg_value(data_cfg, "data_dir") or os.environ.get(
         "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
     )
-    key = [
-        FORMAT_VERSION,
-        folder,
-        preprocess.target_hw(cfg_value(data_cfg, "image_size")),
-        cfg_value(data_cfg, "channels"),
-    ]
-    key.append(float(cfg_value(data_cfg, "eval_fraction", 0.05)))
+    key = [FORMAT_VERSION, folder, preprocess.target_hw(cfg_value(data_cfg, "image_size"))]
+    key += [cfg_value(data_cfg, "channels"), float(cfg_value(data_cfg, "eval_fraction", 0.05))]
+    key += [_labels(data_cfg)]
     digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
     return os.path.join(os.path.expanduser(data_dir), "image_folder", f"{os.path.basename(folder)}-{digest}")
 
@@ -310,7 +320,7 @@ def prepare(data_cfg: Any) -> str:
     """Prepares (or finishes preparing) `data_cfg.folder`; returns the prepared directory."""
     folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
     directory = prepared_dir(data_cfg)
-    listing = scan(folder, float(cfg_value(data_cfg, "eval_fraction", 0.05)))
+    listing = scan(folder, float(cfg_value(data_cfg, "eval_fraction", 0.05)), _labels(data_cfg))
     plan_path, manifest_path = os.path.join(directory, PLAN), os.path.join(directory, MANIFEST)
     os.makedirs(directory, exist_ok=True)
     with file_lock(os.path.join(directory, ".prepare.lock")):

@@ -1,8 +1,13 @@
-r"""Prepares a TFDS dataset as array_record for the vqlatent input pipeline.
+r"""Prepares a dataset as array_record for the vqlatent input pipeline, ahead of training.
 
 Usage:
   python -m vqlatent.data.prepare --dataset=NAME [--data_dir=DIR] \
       [--manual_dir=DIR]
+  python -m vqlatent.data.prepare --config=configs/vqvae2.py:ffhq1024 \
+      --config.data.folder=DIR     # config.data of a run, with the run's flags
+
+The second form prepares exactly what the run will read (for an image folder:
+the same size, channels and held-out fraction, so the same prepared directory).
 
 Project builders (sklearn_digits, mnist_idx) need only tensorflow-datasets
 (mnist_idx needs the four MNIST idx files in --manual_dir). TFDS catalog
@@ -19,14 +24,14 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 from absl import app, flags
+from ml_collections import config_flags
 
 from vqlatent.data import builders as project_builders
-from vqlatent.data import tfds_sources
+from vqlatent.data import sources, tfds_sources
 from vqlatent.data.sources import DataError, base_name
 
-_DATASET = flags.DEFINE_string(
-    "dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.", required=True
-)
+_DATASET = flags.DEFINE_string("dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A run's config file: prepares its config.data.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets)."
 )
@@ -69,8 +74,17 @@ def prepare(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if (_DATASET.value is None) == (_CONFIG.value is None):
+        raise app.UsageError("Give either --dataset=NAME or --config=FILE[:VARIANT].")
     try:
-        builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
+        if _CONFIG.value is not None:
+            data_cfg = _CONFIG.value.data
+            if base_name(data_cfg.name) in ("image_folder", "codes"):
+                print(f"{data_cfg.name}: {sources.get_spec(data_cfg)}")
+                return
+            builder = prepare(data_cfg.name, data_cfg.get("data_dir"), data_cfg.get("manual_dir"))
+        else:
+            builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
     except DataError as e:
         raise SystemExit(f"Error: {e}") from e
     info = builder.info
