@@ -38,8 +38,10 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+import grain
 import numpy as np
 import tqdm
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
 from vqlatent.data import preprocess
@@ -254,8 +256,6 @@ def shard_name(split: str, k: int, n: int) -> str:
 
 def _write_shards(folder: str, directory: str, plan: dict[str, Any], shape, workers: int) -> list[list[str]]:
     """Writes the missing shards of every split; returns [path, reason] of the files skipped."""
-    from array_record.python.array_record_module import ArrayRecordWriter  # pylint: disable=g-import-not-at-top
-
     jobs = []
     for split, items in plan["splits"].items():
         n = max(1, -(-len(items) // EXAMPLES_PER_SHARD))
@@ -383,8 +383,6 @@ class ImageFolderSplit:
     """One prepared split: array_record records -> uint8 image batches (a `sources.Split`)."""
 
     def __init__(self, directory: str, split: str, shape: tuple[int, int, int]):
-        import grain  # pylint: disable=g-import-not-at-top
-
         paths = [os.path.join(directory, n) for n in _shard_files(directory, split)]
         self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
         self._shape = shape
