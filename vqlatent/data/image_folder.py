@@ -322,17 +322,26 @@ def prepare(data_cfg: Any) -> str:
     directory = prepared_dir(data_cfg)
     listing = scan(folder, float(cfg_value(data_cfg, "eval_fraction", 0.05)), _labels(data_cfg))
     plan_path, manifest_path = os.path.join(directory, PLAN), os.path.join(directory, MANIFEST)
+
+    def ready() -> bool:
+        """Whether the folder is prepared (then read-only: no lock, no writes), refusing a changed folder."""
+        if not os.path.exists(manifest_path):
+            return False
+        then = _read_json(plan_path)["listing"]
+        if then != listing:
+            raise DataError(
+                f"{folder} changed since it was prepared in {directory} ({_count(listing)} images now, "
+                f"{_count(then)} then): delete {directory} to prepare it again."
+            )
+        return True
+
+    if ready():
+        return directory
     os.makedirs(directory, exist_ok=True)
     with file_lock(os.path.join(directory, ".prepare.lock")):
-        old = _read_json(plan_path) if os.path.exists(plan_path) else None
-        if os.path.exists(manifest_path):
-            if old["listing"] != listing:
-                raise DataError(
-                    f"{folder} changed since it was prepared in {directory} "
-                    f"({_count(listing)} images now, {_count(old['listing'])} then): delete {directory} "
-                    "to prepare it again."
-                )
+        if ready():  # Another process finished it while this one waited for the lock.
             return directory
+        old = _read_json(plan_path) if os.path.exists(plan_path) else None
         workers = max(1, int(cfg_value(data_cfg, "num_workers", 4)))
         files = sorted(path for items in listing["splits"].values() for path, _ in items)
         shape, unreadable = _check(folder, files, data_cfg, workers)
