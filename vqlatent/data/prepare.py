@@ -30,14 +30,18 @@ from vqlatent.data import builders as project_builders
 from vqlatent.data import sources, tfds_sources
 from vqlatent.data.sources import DataError, base_name
 
-_DATASET = flags.DEFINE_string("dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.")
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A run's config file: prepares its config.data.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets)."
-)
-_MANUAL_DIR = flags.DEFINE_string(
-    "manual_dir", None, "Directory with manually downloaded files (mnist_idx, imagenet2012, ...)."
-)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The command's flags (defined when run as a command, so importing `prepare` defines none)."""
+    flags.DEFINE_string("dataset", None, "TFDS name, e.g. sklearn_digits, mnist_idx, cifar10.")
+    config_flags.DEFINE_config_file("config", None, "A run's config file: prepares its config.data.")
+    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: TFDS_DATA_DIR or ~/tensorflow_datasets).")
+    flags.DEFINE_string(
+        "manual_dir", None, "Directory with manually downloaded files (mnist_idx, imagenet2012, ...)."
+    )
+
 
 TF_HINT = "Preparing TFDS catalog datasets needs TensorFlow: pip install 'vqlatent[prepare]'"
 
@@ -74,17 +78,17 @@ def prepare(
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if (_DATASET.value is None) == (_CONFIG.value is None):
+    if (FLAGS.dataset is None) == (FLAGS.config is None):
         raise app.UsageError("Give either --dataset=NAME or --config=FILE[:VARIANT].")
     try:
-        if _CONFIG.value is not None:
-            data_cfg = _CONFIG.value.data
+        if FLAGS.config is not None:
+            data_cfg = FLAGS.config.data
             if base_name(data_cfg.name) in ("image_folder", "codes"):
                 print(f"{data_cfg.name}: {sources.get_spec(data_cfg)}")
                 return
             builder = prepare(data_cfg.name, data_cfg.get("data_dir"), data_cfg.get("manual_dir"))
         else:
-            builder = prepare(_DATASET.value, _DATA_DIR.value, _MANUAL_DIR.value)
+            builder = prepare(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
     except DataError as e:
         raise SystemExit(f"Error: {e}") from e
     info = builder.info
@@ -94,4 +98,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
