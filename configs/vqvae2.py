@@ -39,12 +39,12 @@ imagenet256 — the paper's ImageNet setting: 256x256x3, strides (4, 2) -> botto
 
 ffhq1024 — three levels as in the paper's FFHQ-1024 model: 1024x1024x3, strides
   (8, 2, 2) -> bottom 128x128, middle 64x64, top 32x32 codes, K=512, D=64 per
-  level, otherwise as imagenet256. 2,451,139 parameters (+198,147 EMA). FFHQ
-  is not in the TFDS catalog: prepare it as a TFDS dataset named `ffhq` (array_record, feature
-  `image` uint8 1024x1024x3) in `--config.data.data_dir`, or point
-  `--config.data.name` at another dataset of that size (e.g. the catalog's
-  `celeb_a_hq/1024`, which needs a manual download). The first 60000 images
-  train, the last 10000 evaluate (`data.train_split`, `data.eval_split`).
+  level, otherwise as imagenet256. 2,451,139 parameters (+198,147 EMA). Data: a
+  folder of the 70000 FFHQ PNGs (`images1024x1024/`, any subfolders; no labels),
+  prepared once into array_record on first use (`vqlatent.data.image_folder`);
+  a fixed 1/7 (10000 images) is held out for evaluation:
+    python -m vqlatent.main --config=configs/vqvae2.py:ffhq1024 \
+      --config.data.folder=/path/to/ffhq/images1024x1024 --workdir=/tmp/vqvae2_ffhq
 
 Extract the codes of a trained model for the priors (see `vqlatent.codes`):
     python -m vqlatent.main --config=configs/vqvae2.py:mnist ... --mode=extract_codes
@@ -86,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         batch_size, steps, eval_every = 128, 250_000, 10_000
     elif variant == "ffhq1024":
         config.data = cfg_lib.data_config(
-            "ffhq", image_size=1024, eval_split="train[60000:]", train_split="train[:60000]"
+            "image_folder", image_size=1024, label_key=None, eval_fraction=1 / 7
         )
         model.update(strides=(8, 2, 2))
         batch_size, steps, eval_every = 128, 300_000, 10_000

@@ -16,6 +16,7 @@ import pytest
 from vqlatent import data
 from vqlatent.data import prepare
 from vqlatent.data.builders import mnist_idx, sklearn_digits
+from vqlatent.data.device import to_model_input
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -172,10 +173,12 @@ def test_train_iterator_batches(digits_cfg):
     batch = next(it)
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (32, 8, 8, 1)
-    assert batch["image"].dtype == np.float32
+    assert batch["image"].dtype == np.uint8  # Crosses to the device as uint8 ...
     assert batch["label"].shape == (32,) and batch["label"].dtype == np.int32
-    assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
-    assert batch["image"].max() == 1.0
+    image = np.asarray(to_model_input(batch)["image"])  # ... and becomes float32 [0, 1] there.
+    assert image.dtype == np.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    assert image.max() == 1.0
 
 
 def test_train_iterator_resume_exact(digits_cfg):
@@ -374,3 +377,72 @@ def test_bad_split(digits_cfg):
     sliced = _cfg(data_dir=digits_cfg.data_dir, train_split="train[:200]")
     assert data.get_spec(sliced).num_train == 200
     assert len(data.get_data_source(sliced, "train[:200]")) == 200
+
+
+# ---------------------------------------------------------------- datasets by name.
+
+
+class _Numbers:
+    """A dataset of the numbers 0..n-1 (one int per record), registered by name below."""
+
+    def __init__(self, data_cfg):
+        self.n = data_cfg.get("num_train", 10)
+        self.spec = data.DatasetSpec((1, 1, 1), None, self.n, self.n)
+
+    def split(self, split):
+        dataset = self
+
+        class Split:
+            def __len__(self):
+                return dataset.n
+
+            def read(self, indices):
+                return {"number": np.asarray(indices, np.int64).reshape(-1)}
+
+        return Split()
+
+
+def test_a_registered_dataset_is_read_by_the_shared_iterators():
+    data.register("numbers_for_test", _Numbers)
+    cfg = ml_collections.ConfigDict(dict(name="numbers_for_test", num_train=10, num_workers=1, prefetch=1))
+    assert data.get_spec(cfg).num_train == 10
+    it = data.make_train_iterator(cfg, global_batch_size=5, seed=0)
+    epoch = np.concatenate([next(it)["number"] for _ in range(2)])
+    assert sorted(epoch) == list(range(10)) and list(epoch) != list(range(10))  # Shuffled, complete.
+    batches = list(data.make_eval_batches(cfg, global_batch_size=4, offset=3, num_examples=6))
+    np.testing.assert_array_equal(np.concatenate([b["number"] for b in batches]), [3, 4, 5, 6, 7, 8, 0, 0])
+    np.testing.assert_array_equal(batches[-1]["mask"], [1, 1, 0, 0])
+    with pytest.raises(data.DataError, match="already registered"):
+        data.register("numbers_for_test", lambda cfg: None)
+
+
+def test_codes_dataset_is_registered_and_batched_like_images(tmp_path):
+    from vqlatent.codes import dataset as codes_dataset  # pylint: disable=g-import-not-at-top
+    from vqlatent.codes import layout, load_codes  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(0)
+    levels = {"bottom": layout.LevelSpec((4, 4), 300), "top": layout.LevelSpec((2, 2), 7)}
+    splits = {
+        s: (
+            {"bottom": rng.integers(0, 300, (n, 4, 4)), "top": rng.integers(0, 7, (n, 2, 2))},
+            rng.integers(0, 10, n),
+        )
+        for s, n in (("train", 30), ("eval", 11))
+    }
+    codes_dataset.write_codes_dataset(str(tmp_path), levels, splits)
+    cfg = codes_dataset.default_config(str(tmp_path), num_classes=10)
+    spec = data.get_spec(cfg)
+    assert (spec.num_train, spec.num_eval, spec.image_shape, spec.levels) == (30, 11, (2, 2, 1), levels)
+    stored = load_codes(str(tmp_path), "eval").arrays()
+    batches = list(data.make_eval_batches(cfg, global_batch_size=8))
+    assert [int(b["mask"].sum()) for b in batches] == [8, 3]
+    for name in levels:
+        got = np.concatenate([b[f"codes_{name}"] for b in batches])
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got[:11], stored["codes"][name])
+        assert not got[11:].any()
+    train = next(data.make_train_iterator(cfg, global_batch_size=30, seed=0))
+    assert sorted(train["label"]) == sorted(splits["train"][1])
+    cfg.num_classes = 5
+    with pytest.raises(ValueError, match="num_classes=5"):
+        next(data.make_train_iterator(cfg, global_batch_size=30, seed=0))

@@ -2,8 +2,9 @@
 
 The examples of each split are cut into fixed shards of `examples_per_shard`
 consecutive examples (in the source split's storage order, unshuffled); shard k
-reads exactly its examples through a TFDS sub-split (`train[a:b]`), encodes them
-in batches of `batch_size` (padded, on every device of the mesh) and is written
+reads exactly its examples (eval batches from the shard's first example on),
+encodes them in batches of `batch_size` (padded, on every device of the mesh;
+uint8 images become float32 inside the jitted encoder) and is written
 atomically (`writer.SplitWriter`). A restarted extraction removes what a killed
 run left half-written, skips the finished shards and computes the rest with the
 same checkpoint, shard boundaries and batch size, so it produces the same bytes
@@ -22,13 +23,13 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import tensorflow_datasets as tfds
 from absl import logging
 
 from vqlatent import data as data_lib
 from vqlatent.codes import interface, layout
 from vqlatent.codes import provenance as provenance_lib
 from vqlatent.codes import writer as writer_lib
+from vqlatent.data.device import images_to_float
 from vqlatent.parallel import mesh as mesh_lib
 
 DEFAULT_EXAMPLES_PER_SHARD = 10_000
@@ -74,44 +75,26 @@ def plan_split(name: str, source_split: str, num_examples: int, examples_per_sha
     return SplitPlan(name, source_split, num_examples, shards)
 
 
-def sub_split(source_split: str, split_infos: Any, start: int, stop: int) -> str:
-    """The TFDS split string of examples [start, stop) of `source_split` (which may be sliced or a sum).
-
-    E.g. ('train', 1000, 2000) -> 'train[1000:2000]'; ('train[:10%]+test', ...) maps
-    the range onto the pieces of the sum.
-    """
-    instructions = tfds.core.ReadInstruction.from_spec(source_split).to_absolute(split_infos)
-    pieces, offset = [], 0
-    for ins in instructions:
-        total = int(split_infos[ins.splitname].num_examples)
-        lo = 0 if ins.from_ is None else int(ins.from_)
-        hi = total if ins.to is None else int(ins.to)
-        a, b = max(start, offset), min(stop, offset + hi - lo)
-        if a < b:
-            pieces.append(f"{ins.splitname}[{lo + a - offset}:{lo + b - offset}]")
-        offset += hi - lo
-    if not pieces:
-        raise ValueError(
-            f"Examples [{start}, {stop}) are outside split {source_split!r} ({offset} examples)."
-        )
-    return "+".join(pieces)
-
-
 def _encode_shard(
     encode,
     state,
     data_cfg: ml_collections.ConfigDict,
     split: str,
+    start: int,
+    stop: int,
     levels: Mapping[str, layout.LevelSpec],
     batch_size: int,
     mesh: jax.sharding.Mesh,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Codes and labels of every example of TFDS split string `split`, in order."""
+    """Codes and labels of examples [start, stop) of split `split`, in order."""
     shard_cfg = data_cfg.copy_and_resolve_references()
     shard_cfg.eval_split = split
     codes = {name: [] for name in levels}
     labels = []
-    for local_batch in data_lib.make_eval_batches(shard_cfg, global_batch_size=batch_size):
+    batches = data_lib.make_eval_batches(
+        shard_cfg, global_batch_size=batch_size, offset=start, num_examples=stop - start
+    )
+    for local_batch in batches:
         num_real = int(local_batch["mask"].sum())
         if not np.all(local_batch["mask"][:num_real] == 1):
             raise AssertionError("eval batches must put padding last")
@@ -179,7 +162,6 @@ def extract_codes(
     mesh_lib.check_batch_size(batch_size, mesh, "eval_batch_size")
     levels = dict(code_model.code_levels)
     spec = data_lib.get_spec(config.data)
-    split_infos = data_lib.get_builder(config.data).info.splits
     plans = [
         plan_split("train", config.data.train_split, spec.num_train, examples_per_shard),
         plan_split("eval", config.data.eval_split, spec.num_eval, examples_per_shard),
@@ -196,7 +178,7 @@ def extract_codes(
         return layout.read_json(os.path.join(output_dir, layout.MANIFEST))
 
     # The state keeps the sharding it was restored with (replicated or fsdp), the batch is split.
-    encode = jax.jit(code_model.encode_codes)
+    encode = jax.jit(lambda state, images: code_model.encode_codes(state, images_to_float(images)))
     splits_manifest = {}
     for split_plan in plans:
         writer = writer_lib.SplitWriter(output_dir, split_plan.name, levels, len(split_plan.shards))
@@ -219,7 +201,9 @@ def extract_codes(
                 encode,
                 state,
                 config.data,
-                sub_split(split_plan.source_split, split_infos, start, stop),
+                split_plan.source_split,
+                start,
+                stop,
                 levels,
                 batch_size,
                 mesh,
