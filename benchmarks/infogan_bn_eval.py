@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
+from vqlatent import data as data_lib
 from vqlatent import infogan as ig
-from vqlatent.data import pipeline as data_lib
+from vqlatent.data.device import images_to_float
 from vqlatent.trainers.loop import Runner
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "An InfoGAN workdir with a checkpoint.", required=True)
@@ -45,6 +46,7 @@ def main(argv) -> None:
 
     @functools.partial(jax.jit, static_argnums=1)
     def predict(images, batch_statistics: bool):
+        images = images_to_float(images)
         if batch_statistics:
             out, _ = task.discriminator.apply(variables, images, train=True, mutable=["batch_stats"])
         else:

@@ -7,6 +7,7 @@ import pathlib
 
 import jax
 
+from vqlatent.data.device import to_model_input
 from vqlatent.parallel import mesh as mesh_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -73,14 +74,18 @@ def run_steps(task, mesh, batches, eval_batch=None):
     """
     repl, sharded = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
     state = jax.jit(task.init_state, out_shardings=repl)(jax.random.PRNGKey(0), task.dummy_batch())
-    step = jax.jit(task.train_step, in_shardings=(repl, sharded), out_shardings=(repl, repl))
+    step = jax.jit(
+        lambda s, b: task.train_step(s, to_model_input(b)),
+        in_shardings=(repl, sharded),
+        out_shardings=(repl, repl),
+    )
     all_metrics = []
     for batch in batches:
         state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
         all_metrics.append(metrics)
     if eval_batch is None:
         return jax.device_get((state, all_metrics))
-    sums = jax.jit(task.eval_step, in_shardings=(repl, sharded), out_shardings=repl)(
-        state, mesh_lib.shard_batch(eval_batch, mesh)
-    )
+    sums = jax.jit(
+        lambda s, b: task.eval_step(s, to_model_input(b)), in_shardings=(repl, sharded), out_shardings=repl
+    )(state, mesh_lib.shard_batch(eval_batch, mesh))
     return jax.device_get((state, all_metrics, sums))

@@ -15,6 +15,7 @@ from helpers import load_config, run_steps
 from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
+from vqlatent.data.device import to_model_input
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
@@ -256,7 +257,7 @@ def test_detached_q_trains_q_but_not_the_trunk(data_dir):
     @jax.grad
     def q_loss_grads(d_params):
         return task.discriminator_loss(
-            d_params, state.model_state["discriminator"], batch["image"], fake, latents
+            d_params, state.model_state["discriminator"], to_model_input(batch)["image"], fake, latents
         )[1][1]["q_loss"]
 
     grads = jax.device_get(q_loss_grads(state.params["discriminator"]))

@@ -18,6 +18,7 @@ from helpers import REPO_ROOT, tiny_vqvae_config
 from jax.sharding import PartitionSpec as P
 
 from vqlatent import data as data_lib
+from vqlatent.data.device import to_model_input
 from vqlatent.parallel import distributed
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
@@ -351,7 +352,7 @@ def test_bfloat16_computes_in_bf16_and_keeps_params_optimizer_and_codebook_in_f3
     assert any("ema_cluster_size" in k for k in floats)
     # The activations are bf16; the reconstruction comes back in f32.
     task = runner.task
-    images = jnp.asarray(batches[0]["image"])
+    images = to_model_input(batches[0])["image"]
     variables = {"params": state.params, **state.model_state}
     outputs = jax.eval_shape(lambda v, x: task.model.apply(v, x, train=False), variables, images)
     assert outputs["z_e"].dtype == jnp.bfloat16 and outputs["reconstruction"].dtype == jnp.float32

@@ -16,6 +16,7 @@ from vqlatent import configs as cfg_lib
 from vqlatent import data as data_lib
 from vqlatent import main as main_lib
 from vqlatent.codes import extract as extract_lib
+from vqlatent.data.device import to_model_input
 from vqlatent.nets.vqvae2 import VQVAE2, level_shapes
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.quantizers import VectorQuantizer, VectorQuantizerEMA
@@ -231,7 +232,7 @@ def test_train_eval_extract_then_decode_reproduces_the_reconstruction_exactly(tm
     np.testing.assert_array_equal(everything["label"][:64], batch["label"])
     # The stored codes are the model's codes, and decoding them is its reconstruction, bit for bit.
     outputs = jax.jit(lambda s, x: task.model.apply(task._variables(s), x, train=False))(
-        state, jnp.asarray(batch["image"])
+        state, to_model_input(batch)["image"]
     )
     stored = {n: everything["codes"][n][:64] for n in task.level_names}
     for n in task.level_names:
@@ -336,7 +337,9 @@ def test_one_level_vqvae_codes_extract_and_decode(tmp_path, data_dir):
         examples_per_shard=1000,
     )
     eval_codes = codes_lib.load_codes(str(tmp_path / "codes"), "eval").arrays()
-    images = next(iter(data_lib.make_eval_batches(config.data, global_batch_size=64)))["image"]
+    images = to_model_input(next(iter(data_lib.make_eval_batches(config.data, global_batch_size=64))))[
+        "image"
+    ]
     reconstruction = task.model.apply(task._variables(state), images, train=False)["reconstruction"]
     decoded = code_model.decode_codes(state, {"top": jnp.asarray(eval_codes["codes"]["top"][:64], jnp.int32)})
     np.testing.assert_allclose(decoded, reconstruction, atol=1e-6)
