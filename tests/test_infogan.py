@@ -15,6 +15,7 @@ from helpers import load_config, run_steps
 from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
+from vqlatent.infogan import invariance
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
@@ -403,4 +404,189 @@ def test_bad_model_configs_are_clear_errors(tmp_path, data_dir, updates, message
             node = node[p]
         node[leaf] = value
     with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(config, str(tmp_path))
+
+
+# -- the invariant information term (info.augment, issue 14) -----------------------
+
+IDENTITY = {"max_rotation_degrees": 0.0, "scale_range": (1.0, 1.0), "max_shift_pixels": 0.0}
+
+
+def _random_images(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape).astype(np.float32))
+
+
+def test_affine_transform_is_exact_for_the_identity_integer_shifts_and_quarter_turns():
+    images = _random_images((3, 9, 9, 2))
+    zeros, ones = jnp.zeros((3,)), jnp.ones((3,))
+    transform = jax.jit(invariance.affine_transform)
+    np.testing.assert_array_equal(transform(images, zeros, ones, jnp.zeros((3, 2))), images)
+    identity = invariance.TransformRanges(**IDENTITY)
+    assert identity.is_identity
+    np.testing.assert_array_equal(
+        jax.jit(invariance.random_transform, static_argnums=2)(jax.random.PRNGKey(0), images, identity),
+        images,
+    )
+    # A shift by whole pixels moves the content, with zeros coming in.
+    shifted = np.asarray(transform(images, zeros, ones, jnp.tile(jnp.array([[2.0, -1.0]]), (3, 1))))
+    expected = np.zeros_like(np.asarray(images))
+    expected[:, 2:, :-1] = np.asarray(images)[:, :-2, 1:]
+    np.testing.assert_array_equal(shifted, expected)
+    # A quarter turn counter-clockwise (as displayed) about the centre is np.rot90.
+    turned = np.asarray(transform(images, jnp.full((3,), math.pi / 2), ones, jnp.zeros((3, 2))))
+    np.testing.assert_allclose(turned, np.rot90(np.asarray(images), 1, axes=(1, 2)), atol=1e-5)
+    # Scaling by 2 about the centre of an odd image reads pixel (c + (p - c) / 2) at even offsets.
+    doubled = np.asarray(transform(images, zeros, 2 * ones, jnp.zeros((3, 2))))
+    np.testing.assert_allclose(doubled[:, ::2, ::2], np.asarray(images)[:, 2:7, 2:7], atol=1e-6)
+
+
+def test_random_transform_draws_per_sample_within_the_ranges_and_keeps_bf16():
+    ranges = invariance.TransformRanges(
+        max_rotation_degrees=15.0, scale_range=(0.9, 1.1), max_shift_pixels=2.0
+    )
+    angle, scale, shift = jax.jit(invariance.random_affine, static_argnums=(1, 2))(
+        jax.random.PRNGKey(0), 4096, ranges
+    )
+    assert float(jnp.max(jnp.abs(angle))) <= math.radians(15) and float(
+        jnp.max(jnp.abs(angle))
+    ) > 0.9 * math.radians(15)
+    assert 0.9 <= float(scale.min()) < 0.91 and 1.09 < float(scale.max()) <= 1.1
+    assert shift.shape == (4096, 2) and float(jnp.max(jnp.abs(shift))) <= 2.0
+    assert len(np.unique(np.asarray(angle))) == 4096  # A fresh draw per sample.
+    images = _random_images((4, 28, 28, 1)).astype(jnp.bfloat16)
+    out = jax.jit(invariance.random_transform, static_argnums=2)(jax.random.PRNGKey(1), images, ranges)
+    assert out.shape == images.shape and out.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+
+
+def _augment_task(data_dir, ranges=None, dtype="float32"):
+    config = tiny_infogan_config(data_dir)
+    config.dtype = dtype
+    config.info.augment.enabled = True
+    config.info.augment.update(ranges or {})
+    task, (batch,) = _task_and_batches(config, 1)
+    return task, batch
+
+
+def test_invariant_term_with_the_identity_transformation_is_the_plain_term(data_dir):
+    plain, batch = _task_and_batches(tiny_infogan_config(data_dir), 1)
+    plain, batch = plain, batch[0]
+    invariant, _ = _augment_task(data_dir, IDENTITY)
+    assert plain.augment is None and invariant.augment.is_identity
+    state = jax.jit(plain.init_state)(jax.random.PRNGKey(0), plain.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), plain.latent_spec, 16)
+    fake = jax.jit(plain.generate)(state, latents)
+    d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+    g_state = state.model_state["generator"]
+    rng = jax.random.PRNGKey(2)
+
+    @jax.jit
+    def losses_and_grads(d_params, g_params):
+        out = {}
+        for name, task in (("plain", plain), ("invariant", invariant)):
+            (d_loss, (_, d_metrics)), d_grads = jax.value_and_grad(task.discriminator_loss, has_aux=True)(
+                d_params, state.model_state["discriminator"], batch["image"], fake, latents, rng
+            )
+            (g_loss, (_, g_metrics)), g_grads = jax.value_and_grad(task.generator_loss, has_aux=True)(
+                g_params, g_state, d_variables, latents, rng
+            )
+            out[name] = (d_loss, d_metrics["q_loss"], g_loss, g_metrics, d_grads, g_grads)
+        return out
+
+    out = jax.device_get(losses_and_grads(state.params["discriminator"], state.params["generator"]))
+    (d0, q0, g0, m0, dg0, gg0), (d1, q1, g1, m1, dg1, gg1) = out["plain"], out["invariant"]
+    assert float(d0) == float(d1) and float(q0) == float(q1) and float(g0) == float(g1)
+    assert (
+        float(m1["cat0_mi_lower_bound"])
+        == float(m1["cat0_clean_mi_lower_bound"])
+        == float(m0["cat0_mi_lower_bound"])
+    )
+    # Two passes instead of one: the same gradient up to float32 summation order (relative to
+    # each leaf's scale: BatchNorm's backward pass cancels large terms in the small biases).
+    for a, b in zip(jax.tree.leaves((dg1, gg1)), jax.tree.leaves((dg0, gg0))):
+        assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(b)) + 1e-7
+
+
+def test_invariant_term_reaches_the_generator_and_differs_from_the_plain_term(data_dir):
+    task, _ = _augment_task(data_dir)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
+    g_state = state.model_state["generator"]
+    d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+
+    def cat_term(g_params, transform_rng):
+        fake, _ = task.generator.apply(
+            {"params": g_params, **g_state},
+            ig.generator_input(task.latent_spec, latents),
+            train=True,
+            mutable=["batch_stats"],
+        )
+        out, _ = task.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
+        log_liks, _ = task.fake_log_likelihoods(d_variables, fake, out, latents, transform_rng)
+        return -jnp.mean(log_liks["cat0"])
+
+    @jax.jit
+    def run(g_params):
+        rng = jax.random.PRNGKey(3)
+        return (
+            jax.grad(cat_term)(g_params, rng),
+            cat_term(g_params, rng),
+            cat_term(g_params, jax.random.PRNGKey(4)),
+        )
+
+    grads, term, other_draw = jax.device_get(run(state.params["generator"]))
+    norms = {k: float(np.linalg.norm(v["kernel"])) for k, v in grads.items() if "kernel" in v}
+    assert len(norms) == 4 and all(n > 0 for n in norms.values()), norms
+    assert float(term) != float(other_draw)  # The transformation is random.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_invariant_train_step_runs_finite_in_float32_and_bf16(data_dir, dtype):
+    task, batch = _augment_task(data_dir, dtype=dtype)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    new_state, metrics = jax.jit(task.train_step)(state, batch)
+    metrics = jax.device_get(metrics)
+    assert int(new_state.step) == 1
+    assert {"cat0_mi_lower_bound", "cat0_clean_mi_lower_bound", "cont0_mi_lower_bound"} <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    for leaf in jax.tree.leaves(new_state.params):
+        assert leaf.dtype == jnp.float32
+
+
+def test_mnist_invariant_is_mnist_with_the_augmented_term():
+    faithful, invariant = load_config("infogan", "mnist"), load_config("infogan", "mnist_invariant")
+    assert not faithful.info.augment.enabled and invariant.info.augment.enabled
+    assert (
+        invariant.info.augment.max_rotation_degrees,
+        tuple(invariant.info.augment.scale_range),
+        invariant.info.augment.max_shift_pixels,
+    ) == (15.0, (0.9, 1.1), 2.0)
+    invariant.info.augment.enabled = False
+    assert invariant.to_dict() == faithful.to_dict()
+
+
+@pytest.mark.parametrize(
+    "updates,message",
+    [
+        ({"max_rotation_degrees": -5.0}, r"info.augment.max_rotation_degrees=-5.0: .* must be in \[0, 180\]"),
+        ({"max_shift_pixels": -1.0}, r"info.augment.max_shift_pixels=-1.0: .* must be >= 0"),
+        ({"scale_range": (1.1, 0.9)}, r"info.augment.scale_range=\(1.1, 0.9\) is empty or not positive"),
+        ({"scale_range": (0.0, 1.0)}, r"info.augment.scale_range=\(0.0, 1.0\) is empty or not positive"),
+        ({"scale_range": (1.0,)}, r"info.augment.scale_range=\(1.0,\) must be \(low, high\)"),
+    ],
+)
+def test_bad_transformation_ranges_are_clear_errors(tmp_path, data_dir, updates, message):
+    config = tiny_infogan_config(data_dir)
+    config.info.augment.enabled = True
+    config.info.augment.update(updates)
+    with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_augment_without_a_categorical_code_is_a_clear_error(tmp_path, data_dir):
+    config = tiny_infogan_config(data_dir)
+    config.info.augment.enabled = True
+    config.model.latent.categorical_sizes = ()
+    with pytest.raises(ig.LatentSpecError, match=r"info.augment.enabled=True .* no categorical code"):
         loop.train_and_evaluate(config, str(tmp_path))

@@ -12,6 +12,12 @@ paper's released code, in order, each on freshly sampled latents:
      through the updated D and Q: the information term's gradient reaches G
      through Q and the trunk.
 
+`info.augment` (issue 14; `configs/infogan.py:mnist_invariant`): the categorical codes'
+log Q(c | .) in both updates is read from a randomly rotated, scaled and shifted copy of each
+generated image (a second D/Q pass, whose BatchNorm statistics are not kept); the GAN loss and
+the continuous codes' terms stay on the clean images. Still a lower bound on I(c; G(z, c)) by
+the data-processing inequality: `vqlatent.infogan.invariance`.
+
 Optimisers (section 7 and the released code): Adam, beta1 = 0.5, learning rate
 2e-4 for D/Q and 1e-3 for G; batch 128.
 
@@ -57,6 +63,7 @@ from absl import logging
 
 from vqlatent import infogan as ig
 from vqlatent.evaluation import images as image_lib
+from vqlatent.infogan import invariance
 from vqlatent.nets.infogan import (
     Discriminator,
     Generator,
@@ -126,6 +133,8 @@ class Task(base.Task):
                 f"(a plain GAN with Q fit on the side, the paper's control) or a positive lambda."
             )
         self.q_weights = {name: 1.0 for name in self.g_weights} if self.detach_q else dict(self.g_weights)
+        # info.augment: the categorical codes' term on randomly transformed fakes (None: off).
+        self.augment = invariance.transform_ranges_from_config(info.get("augment"), self.latent_spec)
         self.tx = {name: make_optimizer(config.optimizer[name], config.num_train_steps) for name in NETS}
         self.num_classes = spec.num_classes
 
@@ -134,6 +143,24 @@ class Task(base.Task):
         """Q's flat outputs -> Q(c | x) per code."""
         q = self.config.model.q
         return ig.split_q_outputs(self.latent_spec, q_outputs, q.continuous_std, q.fixed_std)
+
+    def fake_log_likelihoods(self, d_variables, fake, fake_out, latents, transform_rng, detach_q=False):
+        """log Q(c_i | G(z, c)) per code; with `info.augment` the categorical codes' from a second
+        pass of D/Q on T(G(z, c)) (`vqlatent.infogan.invariance`; its BatchNorm statistics are
+        not kept). Returns (log-likelihoods, Q's posterior on the clean images)."""
+        posterior = self.q_posterior(fake_out["q_outputs"])
+        if self.augment is None:
+            return ig.code_log_likelihoods(self.latent_spec, posterior, latents), posterior
+        if transform_rng is None:
+            raise ValueError("info.augment is on: the transformation needs a random key (transform_rng).")
+        transformed = invariance.random_transform(transform_rng, fake, self.augment)
+        out, _ = self.discriminator.apply(
+            d_variables, transformed, train=True, detach_q=detach_q, mutable=["batch_stats"]
+        )
+        log_liks = invariance.invariant_log_likelihoods(
+            self.latent_spec, posterior, self.q_posterior(out["q_outputs"]), latents
+        )
+        return log_liks, posterior
 
     def _variables(self, state: base.TrainState, net: str) -> dict[str, Any]:
         return {"params": state.params[net], **state.model_state[net]}
@@ -168,7 +195,7 @@ class Task(base.Task):
         )
 
     # -- training ----------------------------------------------------------------
-    def discriminator_loss(self, d_params, d_state, real, fake, latents):
+    def discriminator_loss(self, d_params, d_state, real, fake, latents, transform_rng=None):
         """Step 1's loss; returns (loss, (new D model state, metrics))."""
         real_out, _ = self.discriminator.apply(
             {"params": d_params, **d_state}, real, train=True, mutable=["batch_stats"]
@@ -177,7 +204,9 @@ class Task(base.Task):
             {"params": d_params, **d_state}, fake, train=True, detach_q=self.detach_q, mutable=["batch_stats"]
         )
         gan = ig.discriminator_gan_loss(real_out["d_logits"], fake_out["d_logits"])
-        log_liks = ig.code_log_likelihoods(self.latent_spec, self.q_posterior(fake_out["q_outputs"]), latents)
+        log_liks, _ = self.fake_log_likelihoods(
+            {"params": d_params, **d_state}, fake, fake_out, latents, transform_rng, detach_q=self.detach_q
+        )
         q_loss = ig.info_loss(log_liks, self.q_weights)
         metrics = {
             "d_loss": gan,
@@ -187,7 +216,7 @@ class Task(base.Task):
         }
         return gan + q_loss, (new_d_state, metrics)
 
-    def generator_loss(self, g_params, g_state, d_variables, latents):
+    def generator_loss(self, g_params, g_state, d_variables, latents, transform_rng=None):
         """Step 2's loss; returns (loss, (new G model state, metrics))."""
         inputs = ig.generator_input(self.latent_spec, latents)
         fake, new_g_state = self.generator.apply(
@@ -195,11 +224,16 @@ class Task(base.Task):
         )
         out, _ = self.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
         gan = ig.generator_gan_loss(out["d_logits"])
-        posterior = self.q_posterior(out["q_outputs"])
-        log_liks = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
+        log_liks, posterior = self.fake_log_likelihoods(d_variables, fake, out, latents, transform_rng)
         info = ig.info_loss(log_liks, self.g_weights)
         bounds = ig.mutual_information_lower_bounds(log_liks, self.entropies)
         metrics = {"g_loss": gan, "info_loss": info, **{f"{k}_mi_lower_bound": v for k, v in bounds.items()}}
+        if self.augment is not None:  # The plain bound of the categorical codes, beside the invariant one.
+            clean = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
+            for i in range(self.latent_spec.num_categorical):
+                metrics[f"cat{i}_clean_mi_lower_bound"] = (
+                    jnp.mean(clean[f"cat{i}"]) + self.entropies[f"cat{i}"]
+                )
         if self.latent_spec.num_continuous and self.config.model.q.continuous_std == "learned":
             stds = jnp.mean(jnp.exp(posterior.continuous_log_std), axis=0)
             metrics.update({f"cont{j}_q_std": stds[j] for j in range(self.latent_spec.num_continuous)})
@@ -209,7 +243,11 @@ class Task(base.Task):
         real = batch["image"]
         batch_size = real.shape[0]
         # The latents of both updates in one draw (one random kernel for XLA to compile).
-        both = ig.sample_latents(jax.random.fold_in(state.rng, state.step), self.latent_spec, 2 * batch_size)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        both = ig.sample_latents(step_rng, self.latent_spec, 2 * batch_size)
+        d_transform_rng, g_transform_rng = (
+            jax.random.split(jax.random.fold_in(step_rng, 1)) if self.augment is not None else (None, None)
+        )
         d_latents, g_latents = (
             jax.tree.map(lambda a: a[:batch_size], both),
             jax.tree.map(lambda a: a[batch_size:], both),
@@ -229,6 +267,7 @@ class Task(base.Task):
             real,
             jax.lax.stop_gradient(fake),
             d_latents,
+            d_transform_rng,
         )
         updates, opt_state["discriminator"] = self.tx["discriminator"].update(
             d_grads, opt_state["discriminator"], params["discriminator"]
@@ -239,7 +278,7 @@ class Task(base.Task):
         # 2. G, through the updated D and Q, on fresh latents.
         d_variables = {"params": params["discriminator"], **model_state["discriminator"]}
         g_grads, (g_state, g_metrics) = jax.grad(self.generator_loss, has_aux=True)(
-            params["generator"], model_state["generator"], d_variables, g_latents
+            params["generator"], model_state["generator"], d_variables, g_latents, g_transform_rng
         )
         updates, opt_state["generator"] = self.tx["generator"].update(
             g_grads, opt_state["generator"], params["generator"]
