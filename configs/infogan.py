@@ -122,7 +122,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.info.augment = ml_collections.ConfigDict(augment)
     # Figure 2's sweep of a continuous code, beyond its training range [-1, 1].
     # Eval grids use GRID_COLUMNS (8) values; --mode=traverse uses num_values.
-    config.traversal = ml_collections.ConfigDict(dict(low=-2.0, high=2.0, num_values=10))
+    # Evaluation also measures each continuous code (vqlatent.infogan.measures): slant and width of
+    # `measure_rows_per_batch` random sweeps per eval batch over `measure_values` values from low to
+    # high; with `classifier_workdir` (a configs/classifier.py run on the same data) also how often a
+    # sweep keeps the digit class ('' skips that measure).
+    config.traversal = ml_collections.ConfigDict(
+        dict(
+            low=-2.0,
+            high=2.0,
+            num_values=10,
+            measure_values=9,
+            measure_rows_per_batch=4,
+            classifier_workdir="",
+        )
+    )
     cfg_lib.training_config(
         config,
         batch_size=batch_size,

@@ -15,7 +15,7 @@ from helpers import load_config, run_steps
 from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
-from vqlatent.infogan import invariance
+from vqlatent.infogan import invariance, measures
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
@@ -311,6 +311,38 @@ def test_train_eval_and_traverse_end_to_end(tmp_path, data_dir):
 
     width, height = Image.open(paths["traversal_cont0"]).size
     assert (width, height) == (10 * 65 + 1, 10 * 65 + 1)
+    # The continuous codes, measured: within-sweep correlations, slopes and per-value means; no
+    # classifier workdir: no class measure.
+    for j in range(2):
+        for name in ("slant", "width"):
+            assert -1 <= metrics[f"cont{j}_{name}_correlation"] <= 1
+            assert np.isfinite(metrics[f"cont{j}_{name}_slope"])
+            assert len(metrics[f"cont{j}_{name}_mean_per_value"]) == config.traversal.measure_values
+        assert f"cont{j}_class_kept_fraction" not in metrics
+    measured = paths["traversal_cont0"].removesuffix(".png")
+    assert Image.open(measured + "_measured.png").size[1] > height
+    with open(measured + "_measures.json") as f:
+        assert np.asarray(json.load(f)["slant"]).shape == (10, 10)
+
+
+def test_continuous_code_measures_with_a_classifier_keep_class_fractions(tmp_path, data_dir):
+    classifier = load_config("classifier")
+    classifier.data.data_dir = str(data_dir)
+    classifier.update(
+        dict(num_train_steps=2, eval_every_steps=0, checkpoint_every_steps=2, progress_bar=False)
+    )
+    loop.train_and_evaluate(classifier, str(tmp_path / "classifier"))
+    config = tiny_infogan_config(data_dir)
+    config.traversal.classifier_workdir = str(tmp_path / "classifier")
+    config.num_train_steps = 2
+    loop.train_and_evaluate(config, str(tmp_path / "wd"))
+    with open(tmp_path / "wd" / "eval" / "latest.json") as f:
+        metrics = json.load(f)
+    for j in range(2):
+        assert 0 <= metrics[f"cont{j}_class_kept_fraction"] <= metrics[f"cont{j}_class_agreement"] <= 1
+    config.traversal.classifier_workdir = str(tmp_path / "wd")  # An InfoGAN, not a classifier.
+    with pytest.raises(ValueError, match=r"holds a model_name='infogan' run, not a classifier"):
+        loop.train_and_evaluate(config, str(tmp_path / "wd2"))
 
 
 def test_mnist_configs_have_the_papers_hyperparameters():
@@ -590,3 +622,66 @@ def test_augment_without_a_categorical_code_is_a_clear_error(tmp_path, data_dir)
     config.model.latent.categorical_sizes = ()
     with pytest.raises(ig.LatentSpecError, match=r"info.augment.enabled=True .* no categorical code"):
         loop.train_and_evaluate(config, str(tmp_path))
+
+
+# -- the continuous codes, measured (slant and width, issue 14 item 4) ----------------
+
+
+def _bar(angle_degrees, length=18.0, width=1.5, size=28, supersample=8):
+    """A bar through the image centre, rotated by `angle_degrees` from the vertical (top to the
+    right for positive angles), rasterised with pixel values = the covered fraction."""
+    sub = (np.arange(size * supersample) + 0.5) / supersample - size / 2
+    rows, cols = np.meshgrid(sub, sub, indexing="ij")
+    t = math.radians(angle_degrees)
+    along = -rows * math.cos(t) + cols * math.sin(t)  # Coordinate along the bar (up = positive).
+    across = rows * math.sin(t) + cols * math.cos(t)
+    inside = (np.abs(along) <= length / 2) & (np.abs(across) <= width / 2)
+    return inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))[..., None]
+
+
+def test_a_rotated_bar_has_the_slant_it_was_rotated_by():
+    angles = [-35.0, -20.0, -5.0, 0.0, 10.0, 25.0, 40.0]
+    bars = jnp.asarray(np.stack([_bar(a) for a in angles]).astype(np.float32))
+    slant = np.asarray(jax.jit(measures.slant_degrees)(bars))
+    np.testing.assert_allclose(slant, angles, atol=1.0)
+    # The same through the transformation of the invariant term: rotating the vertical bar
+    # counter-clockwise by theta leans its top to the left, slant -theta.
+    vertical = jnp.tile(bars[3:4], (len(angles), 1, 1, 1))
+    turned = invariance.affine_transform(
+        vertical, jnp.radians(jnp.asarray(angles)), jnp.ones(len(angles)), jnp.zeros((len(angles), 2))
+    )
+    np.testing.assert_allclose(np.asarray(measures.slant_degrees(turned)), -np.asarray(angles), atol=1.5)
+
+
+def test_a_wider_rectangle_is_wider_and_shearing_keeps_the_width():
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    images[0, 6:22, 12:16] = 1.0  # 4 wide.
+    images[1, 6:22, 10:18] = 1.0  # 8 wide.
+    images[2, 6:22, 8:20] = 0.5  # 12 wide, fainter: the ink's scale does not matter.
+    for r in range(6, 22):  # The 8-wide rectangle sheared by one column per row (top to the left).
+        images[3, r, 2 + (r - 6) : 10 + (r - 6)] = 1.0
+    width = np.asarray(jax.jit(measures.width_pixels)(jnp.asarray(images)))
+    # A uniform on w whole pixels has variance (w^2 - 1) / 12.
+    np.testing.assert_allclose(width[:3], np.sqrt(np.array([4, 8, 12]) ** 2 - 1.0), rtol=1e-4)
+    assert width[0] < width[1] < width[2]
+    np.testing.assert_allclose(width[3], width[1], rtol=1e-4)
+    slant = np.asarray(measures.slant_degrees(jnp.asarray(images)))
+    np.testing.assert_allclose(slant[:3], 0.0, atol=1e-3)
+    np.testing.assert_allclose(slant[3], -45.0, atol=1e-3)
+
+
+def test_sweep_statistics_add_up_over_batches_to_the_within_sweep_correlation():
+    rng = np.random.default_rng(0)
+    values = np.linspace(-2, 2, 9).astype(np.float32)
+    offsets = rng.normal(0, 10, (12, 1))  # Between-sweep variation: not the code's.
+    measured = (offsets + 3.0 * values[None] + rng.normal(0, 1, (12, 9))).astype(np.float32)
+    halves = [measures.sweep_statistics(jnp.asarray(values), jnp.asarray(m)) for m in np.split(measured, 2)]
+    total = jax.tree.map(lambda a, b: np.asarray(a) + np.asarray(b), *halves)
+    summary = measures.sweep_summary(total)
+    centred = measured - measured.mean(axis=1, keepdims=True)
+    x = np.tile(values - values.mean(), (12, 1))
+    assert summary["correlation"] == pytest.approx(np.corrcoef(x.ravel(), centred.ravel())[0, 1], abs=1e-5)
+    assert summary["slope"] == pytest.approx(np.polyfit(x.ravel(), centred.ravel(), 1)[0], abs=1e-4)
+    np.testing.assert_allclose(summary["mean_per_value"], measured.mean(axis=0), rtol=1e-5)
+    kept = measures.class_kept(jnp.asarray([[3, 3, 3], [3, 5, 3], [1, 1, 7]]))
+    assert float(kept["kept"]) == 1 and float(kept["agree"]) == 3 + 1 + 2  # Middle values 3, 5, 1.
