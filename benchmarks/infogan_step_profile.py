@@ -1,7 +1,7 @@
 r"""Where an InfoGAN MNIST run's time goes: the train step's pieces, the loop around it, evaluation.
 
   taskset -c 0 python benchmarks/infogan_step_profile.py [--config=configs/infogan.py:mnist] \
-      [--repeats=5] [--eval_batches=4] [--data_dir=DIR --manual_dir=DIR]
+      [--repeats=5] [--eval_batches=4] [--data_dir=DIR --manual_dir=DIR] [--torch] [--nopieces]
 
 Times (median of `--repeats` calls, after a warm-up that compiles) on random images of MNIST's
 shape, batch 128:
@@ -11,6 +11,7 @@ shape, batch 128:
   update's gradients, the G update's gradients, and the two Adam updates alone;
 * what the loop adds per step: reading a batch from the data pipeline (only with --data_dir and
   --manual_dir: the prepared mnist_idx) and fetching the metrics (every log_every_steps);
+* with --torch, the PyTorch port's full update (benchmarks/torch_infogan.py), same batch;
 * one evaluation of the config (eval_step over the eval split, extrapolated from
   `--eval_batches` batches of eval_batch_size, plus the grids), and its share of a run when it
   runs every eval_every_steps.
@@ -48,6 +49,8 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG + ":mnist", "InfoGAN config.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each piece (median).")
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 4, "Eval batches timed (extrapolated to the split).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch port (benchmarks/torch_infogan.py).")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the port.")
 _PIECES = flags.DEFINE_bool("pieces", True, "Also time the pieces, the loop's extras and evaluation.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir with mnist_idx prepared (optional).")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "The MNIST idx files (with --data_dir).")
@@ -94,6 +97,18 @@ def main(argv):
         times.append(time.perf_counter() - t0)
     step = float(np.median(times[1:]))
     print(f"whole train step: {step * 1e3:.0f} ms (median of {repeats})", flush=True)
+    if _TORCH.value:  # The PyTorch port's full update (D/Q then G, Adam), same batch size.
+        import torch  # pylint: disable=g-import-not-at-top
+        import torch_infogan  # pylint: disable=g-import-not-at-top
+
+        torch.set_num_threads(_TORCH_THREADS.value)
+        port, torch_batch = torch_infogan.torch_infogan_step(config, batch_size)
+        theirs = bench_timing.median_seconds(lambda: port.step(torch_batch), repeats=repeats)
+        print(
+            f"PyTorch port ({_TORCH_THREADS.value} thread(s)): {theirs * 1e3:.0f} ms per step; "
+            f"ours/PyTorch in steps per second: {theirs / step:.2f}x",
+            flush=True,
+        )
     if not _PIECES.value:
         return
 
