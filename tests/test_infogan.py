@@ -16,6 +16,7 @@ from vqlatent import data as data_lib
 from vqlatent import infogan as ig
 from vqlatent import main as main_lib
 from vqlatent.data.device import to_model_input
+from vqlatent.infogan import invariance, measures
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
@@ -286,7 +287,13 @@ def test_sharded_step_equals_single_device_step(data_dir):
         jax.tree.leaves(one),
     ):
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-        assert np.max(np.abs(a - b)) <= 2e-3 * np.max(np.abs(b)) + 1e-7, jax.tree_util.keystr(path)
+        name = jax.tree_util.keystr(path)
+        if "_slant_" in name or "_width_" in name:
+            # The continuous-code measures of the untrained tiny G's near-uniform images: slants of
+            # about 1e-4 degrees, ratios of near-zero moments. Equal to far below what they measure.
+            assert np.max(np.abs(a - b)) <= 1e-4 * max(1.0, np.max(np.abs(b))), name
+            continue
+        assert np.max(np.abs(a - b)) <= 2e-3 * np.max(np.abs(b)) + 1e-7, name
     assert int(eight[0].step) == 2
 
 
@@ -311,6 +318,38 @@ def test_train_eval_and_traverse_end_to_end(tmp_path, data_dir):
 
     width, height = Image.open(paths["traversal_cont0"]).size
     assert (width, height) == (10 * 65 + 1, 10 * 65 + 1)
+    # The continuous codes, measured: within-sweep correlations, slopes and per-value means; no
+    # classifier workdir: no class measure.
+    for j in range(2):
+        for name in ("slant", "width"):
+            assert -1 <= metrics[f"cont{j}_{name}_correlation"] <= 1
+            assert np.isfinite(metrics[f"cont{j}_{name}_slope"])
+            assert len(metrics[f"cont{j}_{name}_mean_per_value"]) == config.traversal.measure_values
+        assert f"cont{j}_class_kept_fraction" not in metrics
+    measured = paths["traversal_cont0"].removesuffix(".png")
+    assert Image.open(measured + "_measured.png").size[1] > height
+    with open(measured + "_measures.json") as f:
+        assert np.asarray(json.load(f)["slant"]).shape == (10, 10)
+
+
+def test_continuous_code_measures_with_a_classifier_keep_class_fractions(tmp_path, data_dir):
+    classifier = load_config("classifier")
+    classifier.data.data_dir = str(data_dir)
+    classifier.update(
+        dict(num_train_steps=2, eval_every_steps=0, checkpoint_every_steps=2, progress_bar=False)
+    )
+    loop.train_and_evaluate(classifier, str(tmp_path / "classifier"))
+    config = tiny_infogan_config(data_dir)
+    config.traversal.classifier_workdir = str(tmp_path / "classifier")
+    config.num_train_steps = 2
+    loop.train_and_evaluate(config, str(tmp_path / "wd"))
+    with open(tmp_path / "wd" / "eval" / "latest.json") as f:
+        metrics = json.load(f)
+    for j in range(2):
+        assert 0 <= metrics[f"cont{j}_class_kept_fraction"] <= metrics[f"cont{j}_class_agreement"] <= 1
+    config.traversal.classifier_workdir = str(tmp_path / "wd")  # An InfoGAN, not a classifier.
+    with pytest.raises(ValueError, match=r"holds a model_name='infogan' run, not a classifier"):
+        loop.train_and_evaluate(config, str(tmp_path / "wd2"))
 
 
 def test_mnist_configs_have_the_papers_hyperparameters():
@@ -405,3 +444,251 @@ def test_bad_model_configs_are_clear_errors(tmp_path, data_dir, updates, message
         node[leaf] = value
     with pytest.raises(ValueError, match=message):
         loop.train_and_evaluate(config, str(tmp_path))
+
+
+# -- the invariant information term (info.augment, issue 14) -----------------------
+
+IDENTITY = {"max_rotation_degrees": 0.0, "scale_range": (1.0, 1.0), "max_shift_pixels": 0.0}
+
+
+def _random_images(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).uniform(size=shape).astype(np.float32))
+
+
+def test_affine_transform_is_exact_for_the_identity_integer_shifts_and_quarter_turns():
+    images = _random_images((3, 9, 9, 2))
+    zeros, ones = jnp.zeros((3,)), jnp.ones((3,))
+    transform = jax.jit(invariance.affine_transform)
+    np.testing.assert_array_equal(transform(images, zeros, ones, jnp.zeros((3, 2))), images)
+    identity = invariance.TransformRanges(**IDENTITY)
+    assert identity.is_identity
+    np.testing.assert_array_equal(
+        jax.jit(invariance.random_transform, static_argnums=2)(jax.random.PRNGKey(0), images, identity),
+        images,
+    )
+    # A shift by whole pixels moves the content, with zeros coming in.
+    shifted = np.asarray(transform(images, zeros, ones, jnp.tile(jnp.array([[2.0, -1.0]]), (3, 1))))
+    expected = np.zeros_like(np.asarray(images))
+    expected[:, 2:, :-1] = np.asarray(images)[:, :-2, 1:]
+    np.testing.assert_array_equal(shifted, expected)
+    # A quarter turn counter-clockwise (as displayed) about the centre is np.rot90.
+    turned = np.asarray(transform(images, jnp.full((3,), math.pi / 2), ones, jnp.zeros((3, 2))))
+    np.testing.assert_allclose(turned, np.rot90(np.asarray(images), 1, axes=(1, 2)), atol=1e-5)
+    # Scaling by 2 about the centre of an odd image reads pixel (c + (p - c) / 2) at even offsets.
+    doubled = np.asarray(transform(images, zeros, 2 * ones, jnp.zeros((3, 2))))
+    np.testing.assert_allclose(doubled[:, ::2, ::2], np.asarray(images)[:, 2:7, 2:7], atol=1e-6)
+
+
+def test_random_transform_draws_per_sample_within_the_ranges_and_keeps_bf16():
+    ranges = invariance.TransformRanges(
+        max_rotation_degrees=15.0, scale_range=(0.9, 1.1), max_shift_pixels=2.0
+    )
+    angle, scale, shift = jax.jit(invariance.random_affine, static_argnums=(1, 2))(
+        jax.random.PRNGKey(0), 4096, ranges
+    )
+    assert float(jnp.max(jnp.abs(angle))) <= math.radians(15) and float(
+        jnp.max(jnp.abs(angle))
+    ) > 0.9 * math.radians(15)
+    assert 0.9 <= float(scale.min()) < 0.91 and 1.09 < float(scale.max()) <= 1.1
+    assert shift.shape == (4096, 2) and float(jnp.max(jnp.abs(shift))) <= 2.0
+    assert len(np.unique(np.asarray(angle))) == 4096  # A fresh draw per sample.
+    images = _random_images((4, 28, 28, 1)).astype(jnp.bfloat16)
+    out = jax.jit(invariance.random_transform, static_argnums=2)(jax.random.PRNGKey(1), images, ranges)
+    assert out.shape == images.shape and out.dtype == jnp.bfloat16
+    assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
+
+
+def _augment_task(data_dir, ranges=None, dtype="float32"):
+    config = tiny_infogan_config(data_dir)
+    config.dtype = dtype
+    config.info.augment.enabled = True
+    config.info.augment.update(ranges or {})
+    task, (batch,) = _task_and_batches(config, 1)
+    return task, batch
+
+
+def test_invariant_term_with_the_identity_transformation_is_the_plain_term(data_dir):
+    plain, batch = _task_and_batches(tiny_infogan_config(data_dir), 1)
+    plain, batch = plain, batch[0]
+    invariant, _ = _augment_task(data_dir, IDENTITY)
+    assert plain.augment is None and invariant.augment.is_identity
+    state = jax.jit(plain.init_state)(jax.random.PRNGKey(0), plain.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), plain.latent_spec, 16)
+    fake = jax.jit(plain.generate)(state, latents)
+    d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+    g_state = state.model_state["generator"]
+    rng = jax.random.PRNGKey(2)
+
+    @jax.jit
+    def losses_and_grads(d_params, g_params):
+        out = {}
+        for name, task in (("plain", plain), ("invariant", invariant)):
+            (d_loss, (_, d_metrics)), d_grads = jax.value_and_grad(task.discriminator_loss, has_aux=True)(
+                d_params, state.model_state["discriminator"], batch["image"], fake, latents, rng
+            )
+            (g_loss, (_, g_metrics)), g_grads = jax.value_and_grad(task.generator_loss, has_aux=True)(
+                g_params, g_state, d_variables, latents, rng
+            )
+            out[name] = (d_loss, d_metrics["q_loss"], g_loss, g_metrics, d_grads, g_grads)
+        return out
+
+    out = jax.device_get(losses_and_grads(state.params["discriminator"], state.params["generator"]))
+    (d0, q0, g0, m0, dg0, gg0), (d1, q1, g1, m1, dg1, gg1) = out["plain"], out["invariant"]
+    assert float(d0) == float(d1) and float(q0) == float(q1) and float(g0) == float(g1)
+    assert (
+        float(m1["cat0_mi_lower_bound"])
+        == float(m1["cat0_clean_mi_lower_bound"])
+        == float(m0["cat0_mi_lower_bound"])
+    )
+    # Two passes instead of one: the same gradient up to float32 summation order (relative to
+    # each leaf's scale: BatchNorm's backward pass cancels large terms in the small biases).
+    for a, b in zip(jax.tree.leaves((dg1, gg1)), jax.tree.leaves((dg0, gg0))):
+        assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(b)) + 1e-7
+
+
+def test_invariant_term_reaches_the_generator_and_differs_from_the_plain_term(data_dir):
+    task, _ = _augment_task(data_dir)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    latents = sample_latents(jax.random.PRNGKey(1), task.latent_spec, 16)
+    g_state = state.model_state["generator"]
+    d_variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+
+    def cat_term(g_params, transform_rng):
+        fake, _ = task.generator.apply(
+            {"params": g_params, **g_state},
+            ig.generator_input(task.latent_spec, latents),
+            train=True,
+            mutable=["batch_stats"],
+        )
+        out, _ = task.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
+        log_liks, _ = task.fake_log_likelihoods(d_variables, fake, out, latents, transform_rng)
+        return -jnp.mean(log_liks["cat0"])
+
+    @jax.jit
+    def run(g_params):
+        rng = jax.random.PRNGKey(3)
+        return (
+            jax.grad(cat_term)(g_params, rng),
+            cat_term(g_params, rng),
+            cat_term(g_params, jax.random.PRNGKey(4)),
+        )
+
+    grads, term, other_draw = jax.device_get(run(state.params["generator"]))
+    norms = {k: float(np.linalg.norm(v["kernel"])) for k, v in grads.items() if "kernel" in v}
+    assert len(norms) == 4 and all(n > 0 for n in norms.values()), norms
+    assert float(term) != float(other_draw)  # The transformation is random.
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_invariant_train_step_runs_finite_in_float32_and_bf16(data_dir, dtype):
+    task, batch = _augment_task(data_dir, dtype=dtype)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(0), task.dummy_batch())
+    new_state, metrics = jax.jit(task.train_step)(state, batch)
+    metrics = jax.device_get(metrics)
+    assert int(new_state.step) == 1
+    assert {"cat0_mi_lower_bound", "cat0_clean_mi_lower_bound", "cont0_mi_lower_bound"} <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values()), metrics
+    for leaf in jax.tree.leaves(new_state.params):
+        assert leaf.dtype == jnp.float32
+
+
+def test_mnist_invariant_is_mnist_with_the_augmented_term():
+    faithful, invariant = load_config("infogan", "mnist"), load_config("infogan", "mnist_invariant")
+    assert not faithful.info.augment.enabled and invariant.info.augment.enabled
+    assert (
+        invariant.info.augment.max_rotation_degrees,
+        tuple(invariant.info.augment.scale_range),
+        invariant.info.augment.max_shift_pixels,
+    ) == (15.0, (0.9, 1.1), 2.0)
+    invariant.info.augment.enabled = False
+    assert invariant.to_dict() == faithful.to_dict()
+
+
+@pytest.mark.parametrize(
+    "updates,message",
+    [
+        ({"max_rotation_degrees": -5.0}, r"info.augment.max_rotation_degrees=-5.0: .* must be in \[0, 180\]"),
+        ({"max_shift_pixels": -1.0}, r"info.augment.max_shift_pixels=-1.0: .* must be >= 0"),
+        ({"scale_range": (1.1, 0.9)}, r"info.augment.scale_range=\(1.1, 0.9\) is empty or not positive"),
+        ({"scale_range": (0.0, 1.0)}, r"info.augment.scale_range=\(0.0, 1.0\) is empty or not positive"),
+        ({"scale_range": (1.0,)}, r"info.augment.scale_range=\(1.0,\) must be \(low, high\)"),
+    ],
+)
+def test_bad_transformation_ranges_are_clear_errors(tmp_path, data_dir, updates, message):
+    config = tiny_infogan_config(data_dir)
+    config.info.augment.enabled = True
+    config.info.augment.update(updates)
+    with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_augment_without_a_categorical_code_is_a_clear_error(tmp_path, data_dir):
+    config = tiny_infogan_config(data_dir)
+    config.info.augment.enabled = True
+    config.model.latent.categorical_sizes = ()
+    with pytest.raises(ig.LatentSpecError, match=r"info.augment.enabled=True .* no categorical code"):
+        loop.train_and_evaluate(config, str(tmp_path))
+
+
+# -- the continuous codes, measured (slant and width, issue 14 item 4) ----------------
+
+
+def _bar(angle_degrees, length=18.0, width=1.5, size=28, supersample=8):
+    """A bar through the image centre, rotated by `angle_degrees` from the vertical (top to the
+    right for positive angles), rasterised with pixel values = the covered fraction."""
+    sub = (np.arange(size * supersample) + 0.5) / supersample - size / 2
+    rows, cols = np.meshgrid(sub, sub, indexing="ij")
+    t = math.radians(angle_degrees)
+    along = -rows * math.cos(t) + cols * math.sin(t)  # Coordinate along the bar (up = positive).
+    across = rows * math.sin(t) + cols * math.cos(t)
+    inside = (np.abs(along) <= length / 2) & (np.abs(across) <= width / 2)
+    return inside.reshape(size, supersample, size, supersample).mean(axis=(1, 3))[..., None]
+
+
+def test_a_rotated_bar_has_the_slant_it_was_rotated_by():
+    angles = [-35.0, -20.0, -5.0, 0.0, 10.0, 25.0, 40.0]
+    bars = jnp.asarray(np.stack([_bar(a) for a in angles]).astype(np.float32))
+    slant = np.asarray(jax.jit(measures.slant_degrees)(bars))
+    np.testing.assert_allclose(slant, angles, atol=1.0)
+    # The same through the transformation of the invariant term: rotating the vertical bar
+    # counter-clockwise by theta leans its top to the left, slant -theta.
+    vertical = jnp.tile(bars[3:4], (len(angles), 1, 1, 1))
+    turned = invariance.affine_transform(
+        vertical, jnp.radians(jnp.asarray(angles)), jnp.ones(len(angles)), jnp.zeros((len(angles), 2))
+    )
+    np.testing.assert_allclose(np.asarray(measures.slant_degrees(turned)), -np.asarray(angles), atol=1.5)
+
+
+def test_a_wider_rectangle_is_wider_and_shearing_keeps_the_width():
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    images[0, 6:22, 12:16] = 1.0  # 4 wide.
+    images[1, 6:22, 10:18] = 1.0  # 8 wide.
+    images[2, 6:22, 8:20] = 0.5  # 12 wide, fainter: the ink's scale does not matter.
+    for r in range(6, 22):  # The 8-wide rectangle sheared by one column per row (top to the left).
+        images[3, r, 2 + (r - 6) : 10 + (r - 6)] = 1.0
+    width = np.asarray(jax.jit(measures.width_pixels)(jnp.asarray(images)))
+    # A uniform on w whole pixels has variance (w^2 - 1) / 12.
+    np.testing.assert_allclose(width[:3], np.sqrt(np.array([4, 8, 12]) ** 2 - 1.0), rtol=1e-4)
+    assert width[0] < width[1] < width[2]
+    np.testing.assert_allclose(width[3], width[1], rtol=1e-4)
+    slant = np.asarray(measures.slant_degrees(jnp.asarray(images)))
+    np.testing.assert_allclose(slant[:3], 0.0, atol=1e-3)
+    np.testing.assert_allclose(slant[3], -45.0, atol=1e-3)
+
+
+def test_sweep_statistics_add_up_over_batches_to_the_within_sweep_correlation():
+    rng = np.random.default_rng(0)
+    values = np.linspace(-2, 2, 9).astype(np.float32)
+    offsets = rng.normal(0, 10, (12, 1))  # Between-sweep variation: not the code's.
+    measured = (offsets + 3.0 * values[None] + rng.normal(0, 1, (12, 9))).astype(np.float32)
+    halves = [measures.sweep_statistics(jnp.asarray(values), jnp.asarray(m)) for m in np.split(measured, 2)]
+    total = jax.tree.map(lambda a, b: np.asarray(a) + np.asarray(b), *halves)
+    summary = measures.sweep_summary(total)
+    centred = measured - measured.mean(axis=1, keepdims=True)
+    x = np.tile(values - values.mean(), (12, 1))
+    assert summary["correlation"] == pytest.approx(np.corrcoef(x.ravel(), centred.ravel())[0, 1], abs=1e-5)
+    assert summary["slope"] == pytest.approx(np.polyfit(x.ravel(), centred.ravel(), 1)[0], abs=1e-4)
+    np.testing.assert_allclose(summary["mean_per_value"], measured.mean(axis=0), rtol=1e-5)
+    kept = measures.class_kept(jnp.asarray([[3, 3, 3], [3, 5, 3], [1, 1, 7]]))
+    assert float(kept["kept"]) == 1 and float(kept["agree"]) == 3 + 1 + 2  # Middle values 3, 5, 1.

@@ -29,9 +29,16 @@ from vqlatent.infogan.objectives import (
     q_output_dim,
     split_q_outputs,
 )
-from vqlatent.infogan.traversal import category_latents, sweep_values, traversal_latents
+from vqlatent.infogan.traversal import (
+    annotate_columns,
+    category_latents,
+    sweep_latents,
+    sweep_values,
+    traversal_latents,
+)
 
 __all__ = [
+    "annotate_columns",
     "categorical_log_likelihood",
     "category_latents",
     "check_continuous_std",
@@ -56,6 +63,7 @@ __all__ = [
     "require_codes",
     "sample_latents",
     "split_q_outputs",
+    "sweep_latents",
     "sweep_values",
     "traversal_latents",
 ]

@@ -82,3 +82,34 @@ def category_latents(rng: jax.Array, spec: LatentSpec, num_columns: int, code: i
     latents = sample_latents(rng, spec, k * num_columns)
     categories = jnp.repeat(jnp.arange(k, dtype=jnp.int32), num_columns)
     return latents.replace(categorical=latents.categorical.at[:, code].set(categories))
+
+
+def sweep_latents(
+    rng: jax.Array, spec: LatentSpec, continuous_index: int, sweep: np.ndarray, num_rows: int
+) -> Latents:
+    """(num_rows * len(sweep)) latents: `num_rows` random draws of all latents (categories
+    included), each repeated along a sweep of continuous code `continuous_index` (row-major).
+    The rows of the continuous-code measures (`vqlatent.infogan.measures`)."""
+    require_codes(spec, continuous=continuous_index + 1, purpose="A continuous-code sweep")
+    grid = _repeat_rows(sample_latents(rng, spec, num_rows), len(sweep))
+    values = jnp.tile(jnp.asarray(sweep, jnp.float32), num_rows)
+    return grid.replace(continuous=grid.continuous.at[:, continuous_index].set(values))
+
+
+def annotate_columns(
+    grid: np.ndarray, lines: list[list[str]], column_width: int, padding: int = 1
+) -> np.ndarray:
+    """A (H, W, C) uint8 grid with a white band below holding `lines[i][col]` under each column
+    (e.g. a traversal's mean slant and width per code value)."""
+    from PIL import Image, ImageDraw  # pylint: disable=g-import-not-at-top
+
+    line_height = 12
+    h, w, c = grid.shape
+    band = np.full((line_height * len(lines) + 2, w, c), 255, np.uint8)
+    canvas = Image.fromarray(np.concatenate([grid, band])[..., 0] if c == 1 else np.concatenate([grid, band]))
+    draw = ImageDraw.Draw(canvas)
+    for i, texts in enumerate(lines):
+        for col, text in enumerate(texts):
+            draw.text((padding + col * column_width + 2, h + 1 + i * line_height), text, fill=0)
+    out = np.asarray(canvas)
+    return out[..., None] if c == 1 else out

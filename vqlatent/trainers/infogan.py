@@ -12,6 +12,12 @@ paper's released code, in order, each on freshly sampled latents:
      through the updated D and Q: the information term's gradient reaches G
      through Q and the trunk.
 
+`info.augment` (issue 14; `configs/infogan.py:mnist_invariant`): the categorical codes'
+log Q(c | .) in both updates is read from a randomly rotated, scaled and shifted copy of each
+generated image (a second D/Q pass, whose BatchNorm statistics are not kept); the GAN loss and
+the continuous codes' terms stay on the clean images. Still a lower bound on I(c; G(z, c)) by
+the data-processing inequality: `vqlatent.infogan.invariance`.
+
 Optimisers (section 7 and the released code): Adam, beta1 = 0.5, learning rate
 2e-4 for D/Q and 1e-3 for G; batch 128.
 
@@ -35,15 +41,22 @@ Evaluation (every `eval_every_steps` and `--mode=eval`):
   * on the real eval split: each categorical code's unsupervised accuracy — Q's
     most likely category matched one-to-one to the labels (Hungarian) — with the
     confusion matrix, assignment and purity;
+  * per continuous code, along random sweeps from traversal.low to traversal.high with the
+    rest fixed: the within-sweep correlation and slope of the digits' slant and width
+    (`vqlatent.infogan.measures`; per-value means too), and with `traversal.classifier_workdir`
+    the fraction of sweeps the project's classifier sees as one class;
   * PNG grids: samples per category of the first categorical code, and one
     traversal per continuous code (Figure 2: rows = categories, columns = the
     code swept from traversal.low to traversal.high, noise fixed per row).
 `--mode=traverse` writes the grids with `traversal.num_values` columns
-(WORKDIR/images/<grid>_<num_values>cols_<step>.png).
+(WORKDIR/images/<grid>_<num_values>cols_<step>.png), and for each traversal a copy with the mean
+slant and width of each column written under it (<grid>_..._measured.png) and the measures of
+every image (<grid>_..._measures.json).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -57,6 +70,7 @@ from absl import logging
 
 from vqlatent import infogan as ig
 from vqlatent.evaluation import images as image_lib
+from vqlatent.infogan import invariance, measures
 from vqlatent.nets.infogan import (
     Discriminator,
     Generator,
@@ -126,14 +140,60 @@ class Task(base.Task):
                 f"(a plain GAN with Q fit on the side, the paper's control) or a positive lambda."
             )
         self.q_weights = {name: 1.0 for name in self.g_weights} if self.detach_q else dict(self.g_weights)
+        # info.augment: the categorical codes' term on randomly transformed fakes (None: off).
+        self.augment = invariance.transform_ranges_from_config(info.get("augment"), self.latent_spec)
         self.tx = {name: make_optimizer(config.optimizer[name], config.num_train_steps) for name in NETS}
         self.num_classes = spec.num_classes
+        self.classifier = self._load_classifier(config.traversal.get("classifier_workdir", ""))
+
+    def _load_classifier(self, workdir: str):
+        """(classify fn, state) of `traversal.classifier_workdir`, or None without one (the
+        class-keeping measure of the continuous codes is then skipped, and the log says so)."""
+        if not self.latent_spec.num_continuous or not self.config.traversal.get("measure_rows_per_batch", 0):
+            return None
+        if not workdir:
+            logging.info(
+                "traversal.classifier_workdir is not set: the continuous-code measures skip the "
+                "fraction of sweeps that keep the digit class (train configs/classifier.py:mnist)."
+            )
+            return None
+        from vqlatent.trainers.pixelcnn import load_classifier  # pylint: disable=g-import-not-at-top
+
+        try:
+            runner, state = load_classifier(workdir)
+        except ValueError as e:  # Its message names the prior's field; say which field it is here.
+            raise ValueError(f"traversal.classifier_workdir={workdir!r}: {e}") from e
+        if tuple(runner.spec.image_shape) != tuple(self.spec.image_shape):
+            raise ValueError(
+                f"traversal.classifier_workdir={workdir!r} classifies {tuple(runner.spec.image_shape)} "
+                f"images, but this InfoGAN makes {tuple(self.spec.image_shape)} images: train the "
+                f"classifier on this dataset."
+            )
+        return runner.task.classify, state
 
     # -- helpers -----------------------------------------------------------------
     def q_posterior(self, q_outputs: jax.Array) -> ig.Posterior:
         """Q's flat outputs -> Q(c | x) per code."""
         q = self.config.model.q
         return ig.split_q_outputs(self.latent_spec, q_outputs, q.continuous_std, q.fixed_std)
+
+    def fake_log_likelihoods(self, d_variables, fake, fake_out, latents, transform_rng, detach_q=False):
+        """log Q(c_i | G(z, c)) per code; with `info.augment` the categorical codes' from a second
+        pass of D/Q on T(G(z, c)) (`vqlatent.infogan.invariance`; its BatchNorm statistics are
+        not kept). Returns (log-likelihoods, Q's posterior on the clean images)."""
+        posterior = self.q_posterior(fake_out["q_outputs"])
+        if self.augment is None:
+            return ig.code_log_likelihoods(self.latent_spec, posterior, latents), posterior
+        if transform_rng is None:
+            raise ValueError("info.augment is on: the transformation needs a random key (transform_rng).")
+        transformed = invariance.random_transform(transform_rng, fake, self.augment)
+        out, _ = self.discriminator.apply(
+            d_variables, transformed, train=True, detach_q=detach_q, mutable=["batch_stats"]
+        )
+        log_liks = invariance.invariant_log_likelihoods(
+            self.latent_spec, posterior, self.q_posterior(out["q_outputs"]), latents
+        )
+        return log_liks, posterior
 
     def _variables(self, state: base.TrainState, net: str) -> dict[str, Any]:
         return {"params": state.params[net], **state.model_state[net]}
@@ -168,7 +228,7 @@ class Task(base.Task):
         )
 
     # -- training ----------------------------------------------------------------
-    def discriminator_loss(self, d_params, d_state, real, fake, latents):
+    def discriminator_loss(self, d_params, d_state, real, fake, latents, transform_rng=None):
         """Step 1's loss; returns (loss, (new D model state, metrics))."""
         real_out, _ = self.discriminator.apply(
             {"params": d_params, **d_state}, real, train=True, mutable=["batch_stats"]
@@ -177,7 +237,9 @@ class Task(base.Task):
             {"params": d_params, **d_state}, fake, train=True, detach_q=self.detach_q, mutable=["batch_stats"]
         )
         gan = ig.discriminator_gan_loss(real_out["d_logits"], fake_out["d_logits"])
-        log_liks = ig.code_log_likelihoods(self.latent_spec, self.q_posterior(fake_out["q_outputs"]), latents)
+        log_liks, _ = self.fake_log_likelihoods(
+            {"params": d_params, **d_state}, fake, fake_out, latents, transform_rng, detach_q=self.detach_q
+        )
         q_loss = ig.info_loss(log_liks, self.q_weights)
         metrics = {
             "d_loss": gan,
@@ -187,7 +249,7 @@ class Task(base.Task):
         }
         return gan + q_loss, (new_d_state, metrics)
 
-    def generator_loss(self, g_params, g_state, d_variables, latents):
+    def generator_loss(self, g_params, g_state, d_variables, latents, transform_rng=None):
         """Step 2's loss; returns (loss, (new G model state, metrics))."""
         inputs = ig.generator_input(self.latent_spec, latents)
         fake, new_g_state = self.generator.apply(
@@ -195,11 +257,16 @@ class Task(base.Task):
         )
         out, _ = self.discriminator.apply(d_variables, fake, train=True, mutable=["batch_stats"])
         gan = ig.generator_gan_loss(out["d_logits"])
-        posterior = self.q_posterior(out["q_outputs"])
-        log_liks = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
+        log_liks, posterior = self.fake_log_likelihoods(d_variables, fake, out, latents, transform_rng)
         info = ig.info_loss(log_liks, self.g_weights)
         bounds = ig.mutual_information_lower_bounds(log_liks, self.entropies)
         metrics = {"g_loss": gan, "info_loss": info, **{f"{k}_mi_lower_bound": v for k, v in bounds.items()}}
+        if self.augment is not None:  # The plain bound of the categorical codes, beside the invariant one.
+            clean = ig.code_log_likelihoods(self.latent_spec, posterior, latents)
+            for i in range(self.latent_spec.num_categorical):
+                metrics[f"cat{i}_clean_mi_lower_bound"] = (
+                    jnp.mean(clean[f"cat{i}"]) + self.entropies[f"cat{i}"]
+                )
         if self.latent_spec.num_continuous and self.config.model.q.continuous_std == "learned":
             stds = jnp.mean(jnp.exp(posterior.continuous_log_std), axis=0)
             metrics.update({f"cont{j}_q_std": stds[j] for j in range(self.latent_spec.num_continuous)})
@@ -209,7 +276,11 @@ class Task(base.Task):
         real = batch["image"]
         batch_size = real.shape[0]
         # The latents of both updates in one draw (one random kernel for XLA to compile).
-        both = ig.sample_latents(jax.random.fold_in(state.rng, state.step), self.latent_spec, 2 * batch_size)
+        step_rng = jax.random.fold_in(state.rng, state.step)
+        both = ig.sample_latents(step_rng, self.latent_spec, 2 * batch_size)
+        d_transform_rng, g_transform_rng = (
+            jax.random.split(jax.random.fold_in(step_rng, 1)) if self.augment is not None else (None, None)
+        )
         d_latents, g_latents = (
             jax.tree.map(lambda a: a[:batch_size], both),
             jax.tree.map(lambda a: a[batch_size:], both),
@@ -229,6 +300,7 @@ class Task(base.Task):
             real,
             jax.lax.stop_gradient(fake),
             d_latents,
+            d_transform_rng,
         )
         updates, opt_state["discriminator"] = self.tx["discriminator"].update(
             d_grads, opt_state["discriminator"], params["discriminator"]
@@ -239,7 +311,7 @@ class Task(base.Task):
         # 2. G, through the updated D and Q, on fresh latents.
         d_variables = {"params": params["discriminator"], **model_state["discriminator"]}
         g_grads, (g_state, g_metrics) = jax.grad(self.generator_loss, has_aux=True)(
-            params["generator"], model_state["generator"], d_variables, g_latents
+            params["generator"], model_state["generator"], d_variables, g_latents, g_transform_rng
         )
         updates, opt_state["generator"] = self.tx["generator"].update(
             g_grads, opt_state["generator"], params["generator"]
@@ -276,6 +348,28 @@ class Task(base.Task):
         log_liks = ig.code_log_likelihoods(spec, self.q_posterior(fake_out["q_outputs"]), latents)
         sums.update({f"{name}_log_likelihood": jnp.sum(ll * mask) for name, ll in log_liks.items()})
         sums["d_fake_prob"] = jnp.sum(jax.nn.sigmoid(fake_out["d_logits"]) * mask)
+        sums.update(self._code_measure_sums(state, jax.random.fold_in(rng, 1)))
+        return sums
+
+    def _code_measure_sums(self, state: base.TrainState, rng: jax.Array) -> dict[str, Any]:
+        """Slant and width along random sweeps of each continuous code (and, with a classifier, how
+        many sweeps keep the class): sums of `vqlatent.infogan.measures` over this batch's sweeps."""
+        tcfg = self.config.traversal
+        rows = int(tcfg.get("measure_rows_per_batch", 0))
+        if not self.latent_spec.num_continuous or rows <= 0:
+            return {}
+        sweep = ig.sweep_values(tcfg.low, tcfg.high, int(tcfg.get("measure_values", 9)))
+        sums = {}
+        for j in range(self.latent_spec.num_continuous):  # The same rows for every code: one key.
+            images = self.generate(state, ig.sweep_latents(rng, self.latent_spec, j, sweep, rows))
+            for name, values in measures.measure_images(images).items():
+                stats = measures.sweep_statistics(jnp.asarray(sweep), values.reshape(rows, len(sweep)))
+                sums.update({f"cont{j}_{name}_{k}": v for k, v in stats.items()})
+            if self.classifier is not None:
+                classify, classifier_state = self.classifier
+                predicted = jnp.argmax(classify(classifier_state, images)["logits"], axis=-1)
+                kept = measures.class_kept(predicted.reshape(rows, len(sweep)))
+                sums.update({f"cont{j}_class_{k}": v for k, v in kept.items()})
         return sums
 
     def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -289,6 +383,24 @@ class Task(base.Task):
             mean_ll = float(totals[f"{name}_log_likelihood"]) / n
             out[f"{name}_mi_lower_bound"] = mean_ll + entropy
             out[f"{name}_entropy"] = entropy
+        for j in range(self.latent_spec.num_continuous):
+            if f"cont{j}_slant_sxy" not in totals:
+                break
+            for name in measures.MEASURES:
+                stats = {
+                    k: totals[f"cont{j}_{name}_{k}"] for k in ("sxy", "sxx", "syy", "count", "column_sum")
+                }
+                summary = measures.sweep_summary(stats)
+                out[f"cont{j}_{name}_correlation"] = summary["correlation"]
+                out[f"cont{j}_{name}_slope"] = summary["slope"]
+                out[f"cont{j}_{name}_mean_per_value"] = summary["mean_per_value"]
+            if f"cont{j}_class_kept" in totals:
+                num_sweeps = float(totals[f"cont{j}_slant_count"])
+                num_values = len(out[f"cont{j}_slant_mean_per_value"])
+                out[f"cont{j}_class_kept_fraction"] = float(totals[f"cont{j}_class_kept"]) / num_sweeps
+                out[f"cont{j}_class_agreement"] = float(totals[f"cont{j}_class_agree"]) / (
+                    num_sweeps * num_values
+                )
         for i in range(self.latent_spec.num_categorical):
             counts = np.asarray(totals[f"cat{i}_counts"])
             out[f"cat{i}_categories_used"] = int(np.count_nonzero(counts))
@@ -336,13 +448,21 @@ class Task(base.Task):
         state, step = runner.restore_for_eval()
         grids = self._grid_latents(num_values)
         generate = jax.jit(self.generate)
+        measure = jax.jit(measures.measure_images)
         paths = {}
         for name, latents in grids.items():
             stack = np.asarray(jax.device_get(generate(state, latents)))
-            grid = image_lib.make_grid(
-                stack, num_cols=num_values, upscale=image_lib.auto_upscale(stack.shape[1])
-            )
+            upscale = image_lib.auto_upscale(stack.shape[1])
+            grid = image_lib.make_grid(stack, num_cols=num_values, upscale=upscale)
             path = os.path.join(runner.workdir, "images", f"{name}_{num_values}cols_{step:08d}.png")
+            if name.startswith("traversal_"):  # Under each column: the mean slant and width.
+                measured = {k: np.asarray(v).reshape(-1, num_values) for k, v in measure(stack).items()}
+                means = {k: v.mean(axis=0) for k, v in measured.items()}
+                lines = [[f"{s:+.0f}deg" for s in means["slant"]], [f"w {x:.1f}" for x in means["width"]]]
+                annotated = ig.annotate_columns(grid, lines, column_width=stack.shape[2] * upscale + 1)
+                image_lib.save_png(path.removesuffix(".png") + "_measured.png", annotated)
+                with open(path.removesuffix(".png") + "_measures.json", "w") as f:
+                    json.dump({k: v.tolist() for k, v in measured.items()}, f)
             image_lib.save_png(path, grid)
             paths[name] = path
         logging.info(
