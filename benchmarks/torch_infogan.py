@@ -23,6 +23,7 @@ equivalence tests (tests/test_torch_infogan.py). Only benchmarks and that test i
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -208,18 +209,21 @@ class TorchInfoGAN:
         return sum(p.numel() for p in self.module.parameters())
 
     def sample_latents(self, batch_size: int) -> dict[str, torch.Tensor]:
+        device = next(self.generator.parameters()).device  # Where `module.to(...)` put the networks.
         noise = (
-            torch.rand(batch_size, self.noise_dim) * 2 - 1
+            torch.rand(batch_size, self.noise_dim, device=device) * 2 - 1
             if self.uniform_noise
-            else torch.randn(batch_size, self.noise_dim)
+            else torch.randn(batch_size, self.noise_dim, device=device)
         )
         categorical = (
-            torch.stack([torch.randint(0, k, (batch_size,)) for k in self.categorical_sizes], dim=1)
+            torch.stack(
+                [torch.randint(0, k, (batch_size,), device=device) for k in self.categorical_sizes], dim=1
+            )
             if self.categorical_sizes
-            else torch.zeros(batch_size, 0, dtype=torch.long)
+            else torch.zeros(batch_size, 0, dtype=torch.long, device=device)
         )
         low, high = self.continuous_range
-        continuous = low + (high - low) * torch.rand(batch_size, self.num_continuous)
+        continuous = low + (high - low) * torch.rand(batch_size, self.num_continuous, device=device)
         return {"noise": noise, "categorical": categorical, "continuous": continuous}
 
     def generator_input(self, latents: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -288,24 +292,31 @@ class TorchInfoGAN:
         logits, q_outputs = self.discriminator(fake)
         return F.softplus(-logits).mean() + self.info_loss(fake, q_outputs, latents)
 
-    def step(self, batch: Mapping[str, torch.Tensor]) -> float:
-        """One InfoGAN update (D/Q, then G through the updated D/Q); returns G's loss."""
+    # Mixed precision for the forward passes (set by torch_reference.build for bf16 rows).
+    autocast = staticmethod(contextlib.nullcontext)
+
+    def step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One InfoGAN update (D/Q, then G through the updated D/Q); returns G's loss (a tensor: no
+        host sync, so that GPU timings can queue steps as ours do)."""
         real = batch["image"]
         batch_size = real.shape[0]
         self.module.train()
         d_latents, g_latents = self.sample_latents(batch_size), self.sample_latents(batch_size)
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             fake = self.generator(self.generator_input(d_latents))
         opt = self.optimizers["discriminator"]
         opt.zero_grad(set_to_none=True)
-        self.discriminator_loss(real, fake, d_latents).backward()
+        with self.autocast():
+            d_loss = self.discriminator_loss(real, fake, d_latents)
+        d_loss.backward()
         opt.step()
         opt = self.optimizers["generator"]
         opt.zero_grad(set_to_none=True)
-        loss = self.generator_loss(g_latents)
+        with self.autocast():
+            loss = self.generator_loss(g_latents)
         loss.backward()  # D's gradients from this pass are cleared before D's next update.
         opt.step()
-        return loss.item()
+        return loss.detach()
 
 
 def build(config, input_shape: Sequence[int] = (28, 28, 1)) -> TorchInfoGAN:

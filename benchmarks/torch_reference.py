@@ -484,7 +484,16 @@ def _pixelcnn(config, levels) -> TorchStep:
     return TorchStep(model, _adam_step(model, config.optimizer.learning_rate, loss_fn))
 
 
-BUILDERS = {"vqvae": _vqvae, "vqvae2": _vqvae2, "pixelcnn": _pixelcnn}
+def _infogan(config, input_shape):
+    """The InfoGAN port (`torch_infogan.py`): `step` is one full update, D/Q then G."""
+    import torch_infogan  # pylint: disable=g-import-not-at-top  (benchmarks/ is on sys.path)
+
+    port = torch_infogan.build(config, input_shape)
+    port.autocast = _autocast
+    return port
+
+
+BUILDERS = {"vqvae": _vqvae, "vqvae2": _vqvae2, "pixelcnn": _pixelcnn, "infogan": _infogan}
 
 
 def build(model_name: str, config, input_shape, device: str = "cpu", amp: bool = False) -> TorchStep:

@@ -146,7 +146,7 @@ def test_one_full_update_runs_and_changes_both_nets(arg):
     assert batch["image"].shape == (16, 1, 28, 28)
     before = {k: v.clone() for k, v in port.module.state_dict().items()}
     loss = port.step(batch)
-    assert math.isfinite(loss)
+    assert math.isfinite(float(loss))
     after = port.module.state_dict()
     for name in (
         "generator.layers.fc0.weight",
