@@ -21,6 +21,7 @@ from vqlatent.nets.autoencoder import check_image_shape
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
+from vqlatent.trainers.optim import default_optimizer_config, make_optimizer
 from vqlatent.utils import checkpoint as ckpt_lib
 from vqlatent.utils import errors, run_lock
 
@@ -426,3 +427,17 @@ def test_gpu_deterministic_ops_flag_is_set_unless_the_user_chose(monkeypatch):
         main_lib.set_deterministic_ops(True) and os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=true"
     )
     assert tiny_vqvae_config("/unused").deterministic_ops  # On by default (read by vqlatent.main).
+
+
+def test_constant_schedule_warms_up_linearly_then_holds_the_learning_rate():
+    cfg = default_optimizer_config(1e-3)
+    cfg.warmup_steps = 10
+    tx = make_optimizer(cfg, num_train_steps=100)
+    params = {"w": jax.numpy.zeros(())}
+    state = tx.init(params)
+    rates = []
+    for _ in range(15):  # Adam's first update of a unit gradient is -lr (bias-corrected, eps aside).
+        updates, state = tx.update({"w": jax.numpy.ones(())}, state, params)
+        rates.append(-float(updates["w"]))
+    np.testing.assert_allclose(rates[:10], 1e-3 * np.arange(10) / 10, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(rates[10:], 1e-3, rtol=1e-5)
