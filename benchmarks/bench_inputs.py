@@ -15,7 +15,7 @@ import numpy as np
 
 from vqlatent.codes.layout import LevelSpec, code_key
 from vqlatent.data.pipeline import DatasetSpec
-from vqlatent.nets.vqvae2 import level_names, level_shapes
+from vqlatent.nets.autoencoder import level_names, level_shapes
 from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task
 

@@ -214,16 +214,9 @@ def _table(title: str, totals: collections.Counter, total: float) -> None:
 def timed_pieces(task, state, batch) -> list[tuple[str, float]]:
     """Separately jitted forward, forward + backward, train step and optimizer update (seconds)."""
     params, model_state = state.params, state.model_state
-    if "image" in batch and hasattr(
-        task, "data_variance"
-    ):  # The autoencoders: loss_fn(params, state, images).
 
-        def loss(p):
-            return task.loss_fn(p, model_state, batch["image"])[0]
-    else:
-
-        def loss(p):
-            return task.loss_fn(p, batch)[0]
+    def loss(p):  # Every task's loss_fn(params, model_state, batch, rng).
+        return task.loss_fn(p, model_state, batch, state.rng)[0]
 
     grads = jax.tree.map(jnp.ones_like, params)
 

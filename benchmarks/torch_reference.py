@@ -94,7 +94,7 @@ class VectorQuantizerEMA(nn.Module):
 
 
 class VQVAE(nn.Module):
-    """vqlatent.nets.vqvae.VQVAE in PyTorch (NCHW)."""
+    """vqlatent.nets.autoencoder's one-level VQ-VAE (architecture='vqvae') in PyTorch (NCHW)."""
 
     def __init__(
         self,
@@ -161,7 +161,7 @@ def _decoder(
     stride: int,
     out_channels: int,
 ):
-    """vqlatent.nets.vqvae.Decoder: 3x3 conv, residual stack, k transposed 4x4/2 convs."""
+    """vqlatent.nets.autoencoder.Decoder: 3x3 conv, residual stack, k transposed 4x4/2 convs."""
     k = _halvings(stride)
     layers = [
         nn.Conv2d(in_channels, hiddens, 3, padding=1),
@@ -179,7 +179,7 @@ def _decoder(
 
 
 class VQVAE2(nn.Module):
-    """vqlatent.nets.vqvae2.VQVAE2 with two levels (rosinality's vq-vae-2-pytorch layout)."""
+    """vqlatent.nets.autoencoder's two-level VQ-VAE-2 (rosinality's vq-vae-2-pytorch layout)."""
 
     def __init__(
         self,

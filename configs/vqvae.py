@@ -1,5 +1,8 @@
 r"""VQ-VAE (van den Oord et al. 2017) configs.
 
+`model_name='vqvae'` is `vqlatent.trainers.autoencoder` with one level (`model.num_downsamples`
+halvings): the same task as configs/vqvae2.py, with the first paper's encoder and metric names.
+
 Variants (`--config=configs/vqvae.py:VARIANT[,quantizer=NAME]`):
 
 NAME is a preset of `vqlatent.configs.QUANTIZER_PRESETS` (default vq_ema):

@@ -55,7 +55,7 @@ import ml_collections
 
 from vqlatent import codes as codes_lib
 from vqlatent import configs as cfg_lib
-from vqlatent.nets.vqvae2 import level_names
+from vqlatent.nets.autoencoder import level_names
 
 VARIANTS = ("digits", "mnist", "cifar10", "imagenet256", "ffhq1024")
 

@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from vqlatent.nets import autoencoder
+from vqlatent.nets.autoencoder import check_image_shape
 from vqlatent.nets.layers import SubpixelConvTranspose
-from vqlatent.nets.vqvae import VQVAE, check_image_shape
 from vqlatent.quantizers import VectorQuantizerEMA
 
 
@@ -46,9 +47,8 @@ def test_subpixel_equals_conv_transpose(kernel, stride, height, width, per_phase
 
 
 def _vqvae(num_downsamples, num_codes=512, dim=64, channels=1, upsample="subpixel"):
-    return VQVAE(
+    return autoencoder.vqvae(
         quantizer=VectorQuantizerEMA(num_codes, dim),
-        embedding_dim=dim,
         out_channels=channels,
         num_hiddens=32,
         num_residual_hiddens=8,
@@ -71,8 +71,8 @@ def test_vqvae_shapes(size, channels, num_downsamples, code_size):
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
     out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
     chex.assert_shape(out["reconstruction"], (2, size, size, channels))
-    chex.assert_shape(out["z_e"], (2, code_size, code_size, 64))
-    chex.assert_shape(out["vq"]["encoding_indices"], (2, code_size, code_size))
+    chex.assert_shape(out["z_e"]["top"], (2, code_size, code_size, 64))
+    chex.assert_shape(out["vq"]["top"]["encoding_indices"], (2, code_size, code_size))
     assert "params" in variables and "vq_ema" in variables
     assert "codebook" not in variables["params"].get("quantizer", {})
 
@@ -82,7 +82,7 @@ def test_decode_codes_matches_reconstruction():
     x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
     variables = model.init(jax.random.key(1), x, train=False)
     out = model.apply(variables, x, train=False)
-    from_codes = model.apply(variables, out["vq"]["encoding_indices"], method=VQVAE.decode_codes)
+    from_codes = model.apply(variables, out["codes"], method=autoencoder.Autoencoder.decode_codes)
     chex.assert_trees_all_close(from_codes, out["reconstruction"], atol=1e-6)
 
 

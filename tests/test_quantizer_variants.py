@@ -580,7 +580,7 @@ def test_vqvae_task_with_residual_vq_restarts_and_kmeans():
     totals = jax.device_get(jax.jit(task.eval_step)(state_a, eval_batch))
     summary = task.eval_summary(totals)
     codebooks = 2
-    assert summary["codes_used"] + summary["dead_codes"] == (codebooks * task.num_codes)
+    assert summary["codes_used"] + summary["dead_codes"] == (codebooks * task.num_codes["top"])
     assert np.asarray(summary["code_counts"]).sum() == 16 * 4 * 4 * codebooks
     images = task.summary_images(totals)  # Drawn from the whole eval split's counts.
     chex.assert_shape(images["code_usage"], (codebooks, 96, None, 3))

@@ -21,8 +21,8 @@ from vqlatent import data as data_lib
 from vqlatent.data.device import to_model_input
 from vqlatent.parallel import distributed
 from vqlatent.parallel import mesh as mesh_lib
+from vqlatent.trainers import autoencoder as vqvae_trainer
 from vqlatent.trainers import loop
-from vqlatent.trainers import vqvae as vqvae_trainer
 from vqlatent.utils import checkpoint as ckpt_lib
 
 # Flags that make configs/vqvae.py (digits) as small as tiny_vqvae_config; used both on
@@ -355,13 +355,14 @@ def test_bfloat16_computes_in_bf16_and_keeps_params_optimizer_and_codebook_in_f3
     images = to_model_input(batches[0])["image"]
     variables = {"params": state.params, **state.model_state}
     outputs = jax.eval_shape(lambda v, x: task.model.apply(v, x, train=False), variables, images)
-    assert outputs["z_e"].dtype == jnp.bfloat16 and outputs["reconstruction"].dtype == jnp.float32
+    assert outputs["z_e"]["top"].dtype == jnp.bfloat16 and outputs["reconstruction"].dtype == jnp.float32
     # Same parameters, float32 activations: the loss agrees to bf16 accuracy.
     config_f32 = config.copy_and_resolve_references()
     config_f32.dtype = "float32"
     task_f32 = vqvae_trainer.Task(config_f32, runner.spec)
     loss_bf16, loss_f32 = (
-        jax.jit(t.loss_fn)(state.params, state.model_state, images)[0] for t in (task, task_f32)
+        jax.jit(t.loss_fn)(state.params, state.model_state, {"image": images}, None)[0]
+        for t in (task, task_f32)
     )
     assert float(loss_bf16) == pytest.approx(float(loss_f32), rel=0.05)
 

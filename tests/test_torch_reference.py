@@ -65,7 +65,9 @@ def _prior_task(level: str):
 
 
 def _prior_loss_and_logits(task, params, batch):
-    return task.loss_fn(params, batch)[0], task.model.apply({"params": params}, *task.model_inputs(batch))
+    return task.loss_fn(params, {}, batch, None)[0], task.model.apply(
+        {"params": params}, *task.model_inputs(batch)
+    )
 
 
 @pytest.mark.parametrize("level", ["top", "bottom"])

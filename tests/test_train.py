@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,13 +13,17 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, run_steps, tiny_vqvae_config
+from helpers import REPO_ROOT, load_config, run_steps, tiny_vqvae_config
 
 from vqlatent import data as data_lib
+from vqlatent import main as main_lib
+from vqlatent.nets.autoencoder import check_image_shape
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
 from vqlatent.trainers.base import make_task
+from vqlatent.trainers.optim import default_optimizer_config, make_optimizer
 from vqlatent.utils import checkpoint as ckpt_lib
+from vqlatent.utils import errors, run_lock
 
 
 @pytest.fixture(scope="module")
@@ -246,3 +252,192 @@ def test_dataset_not_available_offline_names_the_prepare_command(tmp_path, data_
 def test_eval_without_checkpoint_is_a_clear_error(tmp_path, data_dir):
     with pytest.raises(FileNotFoundError, match="No checkpoint .* train first"):
         loop.evaluate_checkpoint(tiny_vqvae_config(data_dir), str(tmp_path))
+
+
+# -- checkpoints written by earlier code -----------------------------------------------
+
+
+def _flat_variables(state) -> dict[str, np.ndarray]:
+    variables = {"params": state.params, **state.model_state}
+    return {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+        for path, v in jax.tree_util.tree_leaves_with_path(variables)
+    }
+
+
+@pytest.mark.parametrize("name", ["vqvae", "vqvae2"])
+def test_checkpoints_written_before_the_autoencoder_merge_restore_and_evaluate_the_same(
+    tmp_path, data_dir, name
+):
+    """tests/data/legacy/<name>: 2 steps of configs/<name>.py (shrunk) written by commit 82db423,
+    before trainers/vqvae.py and vqvae2.py became trainers/autoencoder.py (see its script)."""
+    source = REPO_ROOT / "tests" / "data" / "legacy" / name
+    workdir = tmp_path / name
+    shutil.copytree(source, workdir)
+    with open(source / "overrides.json") as f:
+        overrides = json.load(f)
+    config = load_config(name)
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    config.data.data_dir = data_dir
+    config.mesh.data = 1  # As it was written: 8 devices would add the eval sums in another order.
+    state, step = _restore_params(config, str(workdir))  # Also checks config.json: the same model.
+    assert step == 2
+    restored, recorded = _flat_variables(state), np.load(source / "variables.npz")
+    assert sorted(restored) == sorted(recorded.files)  # Today's parameter names are the old ones.
+    for key, value in restored.items():
+        np.testing.assert_array_equal(value, recorded[key], err_msg=key)
+    loop.evaluate_checkpoint(config, str(workdir))
+    with open(source / "eval" / "metrics_00000002.json") as f:
+        expected = json.load(f)
+    with open(workdir / "eval" / "latest.json") as f:
+        measured = json.load(f)
+    for metrics in (expected, measured):
+        del metrics["eval_seconds"]
+    assert measured == expected  # Bit for bit: every number of the eval JSON.
+
+
+# -- one run per workdir, resuming as it was trained -------------------------------------
+
+
+def _hold_lock(workdir):
+    """A subprocess holding `workdir`'s run lock until killed."""
+    code = (
+        "import sys, time; from vqlatent.utils.run_lock import WorkdirLock; "
+        "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(workdir)],
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_live_run_holds_its_workdir_and_a_killed_runs_lock_is_taken_over(tmp_path, data_dir):
+    workdir = tmp_path / "wd"
+    holder = _hold_lock(workdir)
+    try:
+        with open(workdir / run_lock.LOCK_NAME) as f:
+            record = json.load(f)
+        assert record["pid"] == holder.pid and record["host"] == socket.gethostname()
+        message = rf"Workdir .*wd is in use by PID {holder.pid} on host {socket.gethostname()}"
+        with pytest.raises(run_lock.WorkdirLockedError, match=message):
+            loop.train_and_evaluate(tiny_vqvae_config(data_dir), str(workdir))
+        assert not (workdir / "checkpoints").exists()  # Refused before anything was written.
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder was killed: its lock file stays, naming a dead process, and is taken over.
+    with open(workdir / run_lock.LOCK_NAME) as f:
+        assert json.load(f)["pid"] == holder.pid
+    with run_lock.WorkdirLock(str(workdir)):
+        with open(workdir / run_lock.LOCK_NAME) as f:
+            assert json.load(f)["pid"] == os.getpid()
+        with pytest.raises(run_lock.WorkdirLockedError, match=rf"PID {os.getpid()}"):
+            run_lock.WorkdirLock(str(workdir)).acquire()  # Held, even within one process.
+    assert not (workdir / run_lock.LOCK_NAME).exists()  # Released at the end of the run.
+
+
+def test_resuming_with_another_batch_size_is_refused(tmp_path, data_dir):
+    config = tiny_vqvae_config(data_dir)
+    config.num_train_steps, config.eval_every_steps = 2, 0
+    loop.train_and_evaluate(config, str(tmp_path))
+    config.num_train_steps, config.batch_size = 4, 32
+    with pytest.raises(
+        ckpt_lib.ResumeMismatchError,
+        match=r"trained with batch_size=16 on 1 process\(es\); this run has batch_size=32 on 1.*"
+        r"--config.batch_size=16",
+    ):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    # A checkpoint records what its data position counts; other process counts are refused too.
+    saved = ckpt_lib.with_batching({"next_index": 2}, 16, 2)
+    with pytest.raises(ckpt_lib.ResumeMismatchError, match="on 2 process"):
+        ckpt_lib.check_batching(saved, 16, 1, "here")
+    assert ckpt_lib.check_batching(saved, 16, 2, "here") == {"next_index": 2}
+    assert ckpt_lib.check_batching({"next_index": 2}, 32, 1, "here") == {"next_index": 2}  # Older ones.
+
+
+# -- errors a user can fix -------------------------------------------------------------
+
+
+def test_user_errors_print_their_message_alone_and_unexpected_ones_their_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vqlatent.main",
+            "--config=configs/vqvae.py",
+            f"--workdir={tmp_path}",
+            "--config.model.num_downsamples=4",
+            "--config.data.data_dir=" + str(tmp_path / "tfds"),
+        ],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: Image size 8x8 cannot be downsampled evenly by 16"), result.stderr
+    assert "Traceback" not in result.stderr
+    # The decision: a ValueError raised by vqlatent's code is the user's; one raised inside JAX is not.
+    with pytest.raises(ValueError) as ours:
+        check_image_shape((8, 8, 1), 4)
+    assert errors.is_user_error(ours.value)
+    with pytest.raises(ValueError) as theirs:
+        jax.numpy.concatenate([])
+    assert not errors.is_user_error(theirs.value)
+    assert errors.is_user_error(run_lock.WorkdirLockedError("held"))
+    assert not errors.is_user_error(KeyError("a bug"))
+    # A config file's own ValueError (an unknown variant) is printed without ml_collections' traceback.
+    result = subprocess.run(
+        [sys.executable, "-m", "vqlatent.main", "--config=configs/vqvae.py:nope", f"--workdir={tmp_path}"],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "Unknown config variant 'nope'; choose one of" in result.stderr
+
+
+def test_gpu_deterministic_ops_flag_is_set_unless_the_user_chose(monkeypatch):
+    monkeypatch.setattr(main_lib.backend, "_backend_started", lambda: False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    assert main_lib.set_deterministic_ops(True)
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=8",
+        "--xla_gpu_deterministic_ops=true",
+    ]
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_deterministic_ops=false")
+    assert not main_lib.set_deterministic_ops(True)  # The user's choice stays.
+    assert os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=false"
+    monkeypatch.delenv("XLA_FLAGS")
+    assert not main_lib.set_deterministic_ops(False) and "XLA_FLAGS" not in os.environ
+    assert (
+        main_lib.set_deterministic_ops(True) and os.environ["XLA_FLAGS"] == "--xla_gpu_deterministic_ops=true"
+    )
+    assert tiny_vqvae_config("/unused").deterministic_ops  # On by default (read by vqlatent.main).
+
+
+def test_constant_schedule_warms_up_linearly_then_holds_the_learning_rate():
+    cfg = default_optimizer_config(1e-3)
+    cfg.warmup_steps = 10
+    tx = make_optimizer(cfg, num_train_steps=100)
+    params = {"w": jax.numpy.zeros(())}
+    state = tx.init(params)
+    rates = []
+    for _ in range(15):  # Adam's first update of a unit gradient is -lr (bias-corrected, eps aside).
+        updates, state = tx.update({"w": jax.numpy.ones(())}, state, params)
+        rates.append(-float(updates["w"]))
+    np.testing.assert_allclose(rates[:10], 1e-3 * np.arange(10) / 10, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(rates[10:], 1e-3, rtol=1e-5)

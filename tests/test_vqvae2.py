@@ -17,7 +17,8 @@ from vqlatent import data as data_lib
 from vqlatent import main as main_lib
 from vqlatent.codes import extract as extract_lib
 from vqlatent.data.device import to_model_input
-from vqlatent.nets.vqvae2 import VQVAE2, level_shapes
+from vqlatent.nets.autoencoder import Autoencoder as VQVAE2
+from vqlatent.nets.autoencoder import level_shapes
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.quantizers import VectorQuantizer, VectorQuantizerEMA
 from vqlatent.trainers import loop

@@ -135,4 +135,7 @@ def training_config(
     # a resumed run or another mode in the same workdir reads its compiled programs back.
     config.compilation_cache_dir = compilation_cache.DEFAULT_DIR
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    # XLA:GPU's --xla_gpu_deterministic_ops=true (set by vqlatent.main before the backend starts):
+    # resumed and sharded runs bit-exact on GPU too. No effect on CPU and TPU (deterministic anyway).
+    config.deterministic_ops = True
     return config

@@ -5,6 +5,15 @@ r"""The one entry point: train, evaluate, or run a model's extra modes.
 
 Re-running the same command resumes from the newest checkpoint in DIR.
 
+Errors a user can fix (a bad config value, missing data, a workdir of another
+model or in use by another run, an unknown mode) print their message alone and
+exit with status 1; `--traceback` shows where they were raised. Unexpected
+errors keep their traceback.
+
+On a GPU, XLA's `--xla_gpu_deterministic_ops=true` is set (config field
+`deterministic_ops`, default True) so that resumed and sharded runs are
+bit-exact there too; it does nothing on CPU and TPU.
+
 Several processes (TPU pod slices, multi-node GPUs): run the same command on
 every host (`launch/`); `jax.distributed.initialize()` is called when a
 launcher is detected (Cloud TPU VM, SLURM `srun` step, Open MPI), or with
@@ -29,9 +38,10 @@ from absl import (
 )
 from ml_collections import config_flags
 
+from vqlatent import backend
 from vqlatent.parallel import distributed
 from vqlatent.trainers import loop
-from vqlatent.utils import compilation_cache
+from vqlatent.utils import compilation_cache, errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/vqvae.py:mnist.", lock_config=True
@@ -49,7 +59,12 @@ _COORDINATOR_ADDRESS = flags.DEFINE_string(
 )
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes of the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes).")
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the traceback of errors a user can fix (config, data, workdir, mode) too."
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 
 
 def run(config, workdir: str, mode: str):
@@ -61,11 +76,59 @@ def run(config, workdir: str, mode: str):
     runner = loop.Runner(config, workdir)
     extra = runner.task.modes()
     if mode not in extra:
-        raise app.UsageError(
+        raise errors.UserError(
             f"--mode={mode} is not available for model_name={config.model_name!r}; "
             f"choose one of {['train', 'eval', *sorted(extra)]}."
         )
     return extra[mode](runner)
+
+
+def set_deterministic_ops(enabled: bool) -> bool:
+    """Adds `--xla_gpu_deterministic_ops=true` to XLA_FLAGS; returns whether it did.
+
+    Only XLA:GPU reads the flag (its scatters and reductions then run in a fixed order: resumed
+    and sharded runs bit-exact, somewhat slower); XLA:CPU and TPU are deterministic without it.
+    Left alone when disabled, when the user's XLA_FLAGS already choose it, or once a backend has
+    started (XLA reads XLA_FLAGS when it creates the first one).
+    """
+    current = os.environ.get("XLA_FLAGS", "")
+    if not enabled or DETERMINISTIC_FLAG in current:
+        return False
+    if backend._backend_started():  # pylint: disable=protected-access
+        logging.warning("A JAX backend already started: %s=true not set.", DETERMINISTIC_FLAG)
+        return False
+    os.environ["XLA_FLAGS"] = f"{current} {DETERMINISTIC_FLAG}=true".strip()
+    return True
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, printing an error raised by vqlatent in a config file without the
+    traceback that ml_collections puts into the message (`--traceback` keeps it)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        message = str(e)
+        if "--traceback" not in argv:
+            message = _without_config_traceback(message)
+        sys.stderr.write(
+            f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
+        )
+        sys.exit(1)
+
+
+def _without_config_traceback(message: str) -> str:
+    """'flag --config=...: Error whilst parsing config file: <traceback> ValueError: msg' ->
+    'flag --config=...: msg' when the error is a ValueError raised in vqlatent's code."""
+    head, sep, trace = message.partition("Traceback (most recent call last):")
+    if not sep:
+        return message
+    lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+    files = [line for line in lines if line.startswith("File ")]
+    last = lines[-1] if lines else ""
+    if not (last.startswith("ValueError: ") and files and "/vqlatent/" in files[-1]):
+        return message
+    prefix = head.split("Error whilst parsing config file:")[0].rstrip()
+    return f"{prefix} {last[len('ValueError: ') :]}"
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -82,27 +145,32 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        distributed.initialize(
-            _DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
-        )
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    logging.info(
-        "JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count()
-    )
-    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
-    try:
-        cache_dir = compilation_cache.enable(config.get("compilation_cache_dir", ""), workdir)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
-    if cache_dir:
-        logging.info("Persistent compilation cache: %s", cache_dir)
-    try:
-        run(config, workdir, _MODE.value)
+        _main()
     except loop.NonFiniteLossError as e:
         logging.error("%s", e)
         sys.exit(1)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+        if _TRACEBACK.value or not errors.is_user_error(e):
+            raise
+        logging.flush()
+        sys.stderr.write(f"{type(e).__name__}: {e}\n")
+        sys.exit(1)
+
+
+def _main():
+    config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    set_deterministic_ops(config.get("deterministic_ops", True))
+    distributed.initialize(
+        _DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
+    logging.info(
+        "JAX devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count()
+    )
+    cache_dir = compilation_cache.enable(config.get("compilation_cache_dir", ""), workdir)
+    if cache_dir:
+        logging.info("Persistent compilation cache: %s", cache_dir)
+    run(config, workdir, _MODE.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

@@ -62,38 +62,11 @@ def check_codes(
             )
 
 
-class SingleLevelCodes:
-    """`CodeModel` view of a one-level VQ-VAE task (`vqlatent.trainers.vqvae.Task`)."""
-
-    LEVEL = "top"
-
-    def __init__(self, task: Any):
-        self.task = task
-        self.code_levels = infer_code_levels(task, self.encode_codes, {self.LEVEL: task.num_codes})
-
-    def _variables(self, state: Any) -> dict[str, Any]:
-        return {"params": state.params, **state.model_state}
-
-    def encode_codes(self, state: Any, images: jax.Array) -> dict[str, jax.Array]:
-        outputs = self.task.model.apply(self._variables(state), images, train=False)
-        return {self.LEVEL: outputs["vq"]["encoding_indices"]}
-
-    def decode_codes(self, state: Any, codes: Mapping[str, jax.Array]) -> jax.Array:
-        check_codes(codes, self.code_levels)
-        return self.task.model.apply(self._variables(state), codes[self.LEVEL], method="decode_codes")
-
-
 def as_code_model(task: Any) -> CodeModel:
-    """The task itself if it implements `CodeModel`, an adapter for the one-level VQ-VAE, or an error."""
+    """The task itself if it implements `CodeModel` (the autoencoder task does, for any number of
+    levels), or an error naming what is missing."""
     if all(hasattr(task, a) for a in ("code_levels", "encode_codes", "decode_codes")):
         return task
-    model = getattr(task, "model", None)
-    if (
-        model is not None
-        and hasattr(model, "decode_codes")
-        and isinstance(getattr(task, "num_codes", None), int)
-    ):
-        return SingleLevelCodes(task)
     raise TypeError(
         f"{type(task).__module__}.{type(task).__name__} has no code maps to extract: a "
         f"task needs code_levels, encode_codes and decode_codes (see vqlatent.codes.interface)."

@@ -1,10 +1,13 @@
 """What a model family provides to the shared training loop.
 
-A `Task` owns the model, the optimizer and the loss; the loop (`loop.py`) owns
-everything else: devices and sharding, data, checkpoints and exact resume,
-logging, evaluation cadence, images. Adding a model family is adding one module
-`vqlatent/trainers/<model_name>.py` that defines `Task`; the config's
-`model_name` selects it (no switch statement to edit).
+A `Task` owns the model, the optimizer (`tx`) and the loss (`loss_fn`); the loop
+(`loop.py`) owns everything else: the update (gradient, optimizer, model state,
+per-step RNG), devices and sharding, data, checkpoints and exact resume,
+logging, evaluation cadence, images. A task that needs more than one gradient
+step per batch (InfoGAN's two updates) overrides `train_step` as a whole.
+Adding a model family is adding one module `vqlatent/trainers/<model_name>.py`
+that defines `Task`; the config's `model_name` selects it (no switch statement
+to edit; `ALIASES` maps the names of merged tasks).
 """
 
 from __future__ import annotations
@@ -82,15 +85,13 @@ def apply_for_training(
     return outputs if mutable else (outputs, model_state)
 
 
-def apply_gradients(state: TrainState, grads: Any, tx: Any, model_state: Any) -> TrainState:
-    """One optimizer update; the step counter advances and the model state is replaced."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = jax.tree.map(jnp.add, state.params, updates)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
-
-
 class Task(abc.ABC):
-    """A model family: init, one train step, evaluation sums and their summary."""
+    """A model family: init, the loss (or a whole train step), evaluation sums and their summary.
+
+    `tx` is the task's optax optimizer, applied by the loop's update.
+    """
+
+    tx: Any = None
 
     def __init__(self, config: ml_collections.ConfigDict, spec: Any):
         self.config = config
@@ -107,11 +108,27 @@ class Task(abc.ABC):
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> TrainState:
         """Initial TrainState; jitted by the loop with replicated outputs."""
 
-    @abc.abstractmethod
+    def loss_fn(
+        self, params: Any, model_state: Any, batch: Mapping[str, jax.Array], rng: jax.Array | None
+    ) -> tuple[jax.Array, tuple[Any, dict[str, jax.Array]]]:
+        """The training loss of one global batch: (loss, (new model state, scalar metrics)).
+
+        Differentiated w.r.t. `params`; `model_state` holds the other variable collections (EMA
+        codebooks, BatchNorm statistics; `{}` if none), `rng` is this step's key
+        (`fold_in(state.rng, state.step)`: a resumed run draws the same numbers).
+        """
+        raise NotImplementedError(f"{type(self).__name__} defines neither loss_fn nor train_step.")
+
     def train_step(
         self, state: TrainState, batch: Mapping[str, jax.Array]
     ) -> tuple[TrainState, dict[str, jax.Array]]:
-        """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop."""
+        """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop.
+
+        By default the loop's one update of `loss_fn` (`loop.update`); override for more.
+        """
+        from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top  # loop imports base.
+
+        return loop.update(self, state, batch)
 
     @abc.abstractmethod
     def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
@@ -138,9 +155,13 @@ class Task(abc.ABC):
         return {}
 
 
+# model_name -> module of `vqlatent.trainers`, for tasks that were merged into another.
+ALIASES = {"vqvae": "autoencoder", "vqvae2": "autoencoder"}
+
+
 def make_task(config: ml_collections.ConfigDict, spec: Any) -> Task:
-    """Looks the task up by `config.model_name` (module `vqlatent.trainers.<name>`)."""
-    name = config.model_name
+    """Looks the task up by `config.model_name` (module `vqlatent.trainers.<name>`, or its alias)."""
+    name = ALIASES.get(config.model_name, config.model_name)
     try:
         module = importlib.import_module(f"vqlatent.trainers.{name}")
     except ModuleNotFoundError as e:
@@ -151,9 +172,12 @@ def make_task(config: ml_collections.ConfigDict, spec: Any) -> Task:
         import vqlatent.trainers as trainers_pkg  # pylint: disable=g-import-not-at-top
 
         known = sorted(
-            m.name
-            for m in pkgutil.iter_modules(trainers_pkg.__path__)
-            if m.name not in ("base", "loop", "optim")
+            {
+                m.name
+                for m in pkgutil.iter_modules(trainers_pkg.__path__)
+                if m.name not in ("base", "loop", "optim")
+            }
+            | set(ALIASES)
         )
-        raise ValueError(f"Unknown config.model_name={name!r}; known: {known}.") from None
+        raise ValueError(f"Unknown config.model_name={config.model_name!r}; known: {known}.") from None
     return module.Task(config, spec)

@@ -81,7 +81,9 @@ class Task(base.Task):
         """{'logits': (B, num_classes), 'features': (B, dense_features)} of images in [0, 1]."""
         return self.model.apply({"params": state.params}, images, train=False)
 
-    def loss_fn(self, params, images, labels, rng):
+    def loss_fn(self, params, model_state, batch, rng):
+        """Cross-entropy of the shifted images; returns (loss, (model state, metrics))."""
+        images, labels = batch["image"], batch["label"]
         shift_rng, dropout_rng = jax.random.split(rng)
         images = random_shift(shift_rng, images, int(self.config.augment.max_shift))
         logits = self.model.apply({"params": params}, images, train=True, rngs={DROPOUT_RNG: dropout_rng})[
@@ -89,14 +91,7 @@ class Task(base.Task):
         ]
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
         accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-        return loss, {"loss": loss, "accuracy": accuracy}
-
-    def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)  # Depends on (seed, step) only: resumable.
-        grads, metrics = jax.grad(self.loss_fn, has_aux=True)(
-            state.params, batch["image"], batch["label"], rng
-        )
-        return base.apply_gradients(state, grads, self.tx, state.model_state), metrics
+        return loss, (model_state, {"loss": loss, "accuracy": accuracy})
 
     def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
         logits = self.classify(state, batch["image"])["logits"]

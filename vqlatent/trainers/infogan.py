@@ -66,6 +66,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 
 from vqlatent import infogan as ig
@@ -305,7 +306,7 @@ class Task(base.Task):
         updates, opt_state["discriminator"] = self.tx["discriminator"].update(
             d_grads, opt_state["discriminator"], params["discriminator"]
         )
-        params["discriminator"] = jax.tree.map(jnp.add, params["discriminator"], updates)
+        params["discriminator"] = optax.apply_updates(params["discriminator"], updates)
         model_state["discriminator"] = d_state
 
         # 2. G, through the updated D and Q, on fresh latents.
@@ -316,7 +317,7 @@ class Task(base.Task):
         updates, opt_state["generator"] = self.tx["generator"].update(
             g_grads, opt_state["generator"], params["generator"]
         )
-        params["generator"] = jax.tree.map(jnp.add, params["generator"], updates)
+        params["generator"] = optax.apply_updates(params["generator"], updates)
         model_state["generator"] = g_state
 
         new_state = state.replace(

@@ -5,11 +5,17 @@
     processes, optionally an `fsdp` axis that shards the train state, see
     `parallel/mesh.py`), the task and the data iterator (each process reads
     only its own shard of the data);
+  * holds the workdir (a lock naming host and PID; a second run on it is refused,
+    the stale lock of a dead run taken over);
   * resumes automatically and exactly from the newest checkpoint in the workdir
     (params, optimizer, model state such as EMA codebooks, step, RNG, and the
-    data-iterator position), refusing a workdir made by another model;
-  * runs the task's `train_step` under one `jax.jit` with the batch sharded over
-    the whole mesh, the state replicated (or fsdp-sharded) and donated;
+    data-iterator position), refusing a workdir made by another model, and a
+    resume with another global batch size or process count (the data position
+    would mean other examples);
+  * runs the one update (`update`: the gradient of the task's `loss_fn`, its
+    optimizer, its new model state; or the task's own `train_step`) under one
+    `jax.jit` with the batch sharded over the whole mesh, the state replicated
+    (or fsdp-sharded) and donated;
   * fetches metrics only every `log_every_steps` (no host sync in between),
     writes them to TensorBoard with the throughput of those steps
     (`steps_per_second`) and the fraction of their wall time spent waiting for
@@ -31,6 +37,7 @@ every host sees).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -40,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
@@ -51,6 +59,7 @@ from vqlatent.parallel import distributed
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers.base import GRID_COLUMNS, Task, TrainState, make_task
 from vqlatent.utils import checkpoint as ckpt_lib
+from vqlatent.utils import run_lock
 from vqlatent.utils.writer import MetricWriter
 
 
@@ -64,6 +73,24 @@ def tree_all_finite(tree: Any) -> jax.Array:
     if not leaves:
         return jnp.array(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def update(task: Task, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The one training update (the default `Task.train_step`): gradient, optimizer, model state.
+
+    The step's key `fold_in(state.rng, state.step)` depends on (seed, step) only, so a resumed
+    run draws the same random numbers as an uninterrupted one.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, (model_state, metrics) = jax.grad(task.loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, rng
+    )
+    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
+    return new_state, metrics
 
 
 class Runner:
@@ -199,7 +226,17 @@ def _on_all_processes(value: bool) -> bool:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (resuming if the workdir has a checkpoint), evaluating and checkpointing on the way."""
+    """Trains (resuming if the workdir has a checkpoint), evaluating and checkpointing on the way.
+
+    Process 0 holds the workdir's lock (`utils/run_lock.py`) for the whole run: a second run on
+    the same workdir is refused instead of overwriting this one's checkpoints.
+    """
+    lock = run_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     runner = Runner(config, workdir)
     ckpt_lib.check_workdir_config(workdir, config)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
@@ -219,7 +256,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     else:
         state, data_state = runner.restore(checkpointer, start_step)
         if data_state is not None:
-            train_iter.set_state(data_state)
+            where = f"The checkpoint at step {start_step} in {checkpointer.directory}"
+            train_iter.set_state(
+                ckpt_lib.check_batching(data_state, config.batch_size, jax.process_count(), where)
+            )
         logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
@@ -291,7 +331,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 f"Non-finite values in the train state after step {step} (its losses were finite): "
                 f"training stopped without saving it. {last_good_message()}"
             )
-        checkpointer.save(step, state, train_iter.get_state(), force=True)
+        data_state = ckpt_lib.with_batching(train_iter.get_state(), config.batch_size, jax.process_count())
+        checkpointer.save(step, state, data_state, force=True)
         last_good_step = step
         restart_window()
 

@@ -12,14 +12,12 @@ def make_optimizer(cfg: ml_collections.ConfigDict, num_train_steps: int) -> opta
     Fields: name ('adam' | 'adamw'), learning_rate, b1, b2, eps, weight_decay,
     schedule ('constant' | 'cosine'), warmup_steps, grad_clip_norm (0 = off).
     """
-    if cfg.schedule == "constant":
+    if cfg.schedule == "constant":  # linear_schedule holds its end value after the warmup.
         lr = (
             optax.linear_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
             if cfg.warmup_steps
             else cfg.learning_rate
         )
-        if cfg.warmup_steps:
-            lr = optax.join_schedules([lr, optax.constant_schedule(cfg.learning_rate)], [cfg.warmup_steps])
     elif cfg.schedule == "cosine":
         lr = optax.warmup_cosine_decay_schedule(
             0.0, cfg.learning_rate, cfg.warmup_steps, max(num_train_steps, cfg.warmup_steps + 1)

@@ -123,7 +123,7 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
-        with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/vqvae2.py).
+        with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/autoencoder.py).
             params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
         return base.TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -140,15 +140,10 @@ class Task(base.Task):
         nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), codes)
         return jnp.mean(nll, axis=(1, 2))
 
-    def loss_fn(self, params, batch):
+    def loss_fn(self, params, model_state, batch, rng):
+        del rng  # Deterministic.
         loss = jnp.mean(self.nll_per_example(params, batch))
-        return loss, {"loss": loss, "bits_per_code": loss / np.log(2.0)}
-
-    def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-        grads, metrics = jax.grad(self.loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return loss, (model_state, {"loss": loss, "bits_per_code": loss / np.log(2.0)})
 
     def eval_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
         nll = self.nll_per_example(state.params, batch)

@@ -3,7 +3,9 @@ and a guard against resuming (or overwriting) a different model.
 
 Layout of a workdir:
   config.json              the full config of the run that created the workdir
-  checkpoints/<step>/      orbax: `state` (TrainState) and `data_iterator` (grain state)
+  checkpoints/<step>/      orbax: `state` (TrainState) and `data_iterator` (grain state, with the
+                           global batch size and process count it counts batches of)
+  run.lock                 held by the run training in it (`vqlatent.utils.run_lock`)
   tensorboard/             event files
   eval/                    metrics JSON per evaluation, `latest.json`
   images/                  PNG grids
@@ -31,6 +33,45 @@ MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "prior", "data.name
 
 class WorkdirMismatchError(ValueError):
     """The workdir holds a run of a different model configuration."""
+
+
+class ResumeMismatchError(ValueError):
+    """The checkpoint's data position counts batches of another global batch size or process count."""
+
+
+# The data-iterator state is a position in batches of one global batch size, each process reading
+# its shard of every batch; it means another position under another batch size or process count.
+BATCHING_KEY = "batching"
+
+
+def with_batching(data_state: dict, global_batch_size: int, process_count: int) -> dict:
+    """The data-iterator state to save, recording what its position counts."""
+    return {
+        **data_state,
+        BATCHING_KEY: {"global_batch_size": int(global_batch_size), "process_count": int(process_count)},
+    }
+
+
+def check_batching(data_state: dict, global_batch_size: int, process_count: int, where: str) -> dict:
+    """The iterator state of a restored `with_batching` record, or `ResumeMismatchError`.
+
+    Checkpoints written before the batching was recorded resume as before (unchecked).
+    """
+    data_state = dict(data_state)
+    saved = data_state.pop(BATCHING_KEY, None)
+    if saved is None:
+        return data_state
+    now = {"global_batch_size": int(global_batch_size), "process_count": int(process_count)}
+    if saved != now:
+        raise ResumeMismatchError(
+            f"{where} was trained with batch_size={saved['global_batch_size']} on "
+            f"{saved['process_count']} process(es); this run has batch_size={now['global_batch_size']} on "
+            f"{now['process_count']}. Its data position counts batches of that size split over that many "
+            f"processes, so resuming would read other examples than an uninterrupted run. Resume with "
+            f"--config.batch_size={saved['global_batch_size']} on {saved['process_count']} process(es), "
+            f"or start a new --workdir."
+        )
+    return data_state
 
 
 ABSENT = "<absent>"

@@ -1,29 +1,39 @@
-"""VQ-VAE-2 training: the objective of Razavi et al. 2019, eq. (2), summed over levels.
+"""VQ-VAE and VQ-VAE-2 training: one task for any number of levels.
+
+The objective of Razavi et al. 2019, eq. (2), summed over the levels; with one level it is
+van den Oord et al. 2017, eq. (3):
 
   L = ||x - D(e_0, ..., e_{L-1})||^2 / Var(x)
       + sum_l ( ||sg[E_l(x)] - e_l||^2 + beta ||E_l(x) - sg[e_l]||^2 )
 
-As in `vqlatent.trainers.vqvae`, the reconstruction term is divided by the
-pixel variance of the training data, and each level's quantizer returns its own
-codebook terms as `vq[level]['loss']` (an EMA quantizer returns only the
-commitment term and moves its codebook by the EMA update of VQ-VAE appendix A.1,
-as the paper's models do).
+The reconstruction term is divided by the pixel variance of the training data, as in the
+Sonnet/Haiku example, so that beta = 0.25 has the same meaning across datasets. Each level's
+quantizer returns its own codebook terms as `vq[level]['loss']` (an EMA quantizer returns only
+the commitment term and moves its codebook by the EMA update of VQ-VAE appendix A.1 instead of
+the second term, as the papers' models do). Quantizers that draw random numbers in training
+(k-means initialisation, dead-code restarts) get the RNG stream 'quantizer' of the loop's
+per-step key; flax folds each level's module path into it.
 
-Config (see `configs/vqvae2.py`):
-  model.strides: downsampling per level, bottom first, e.g. (4, 2).
-  model.num_hiddens, model.num_residual_layers, model.num_residual_hiddens, model.upsample.
-  quantizer: either ONE quantizer config (with `name`), shared by every level, or
-    one per level: `quantizer.bottom`, `quantizer.top`, ... (each a full quantizer
-    config; its `embedding_dim` is that level's code dimension D).
+Configs (`model_name` 'vqvae' and 'vqvae2' are this task):
+  configs/vqvae.py: `model.num_downsamples` (one level of 2**n, the first paper's encoder and its
+    parameter names), `model.embedding_dim`, one `quantizer` config; metrics without a level
+    suffix (`perplexity`, `code_counts`, ...).
+  configs/vqvae2.py: `model.strides`, downsampling per level, bottom first, e.g. (4, 2); the
+    quantizer either ONE config (with `name`) shared by every level, or one per level
+    (`quantizer.bottom`, `quantizer.top`, ...); metrics per level (`perplexity_top`, ...).
+  Both: model.num_hiddens, model.num_residual_layers, model.num_residual_hiddens, model.upsample.
 
-Evaluation reports MSE/PSNR and, per level, perplexity, codebook usage and
-code counts. It writes `code_usage_<level>.png` histograms and
-`reconstructions.png`, whose row groups are: the originals; their full
-reconstructions; the reconstruction from the top level alone; (three levels
-and up) from the top two levels; and so on. In a partial
-reconstruction every level below those kept is replaced by a constant code map
-holding that level's most frequent code in the displayed batch: a valid input
-the decoder has seen, which carries no spatial information.
+Any quantizer of `vqlatent.quantizers` can be used; code usage is counted per codebook (residual
+/ product VQ have several index streams, on the trailing axis of the code maps). Evaluation
+reports MSE/PSNR and, per level, perplexity, codebook usage and code counts; it writes
+`code_usage[_<level>].png` histograms and `reconstructions.png`, whose row groups are: the
+originals; their full reconstructions; the reconstruction from the top level alone; (three levels
+and up) from the top two levels; and so on. In a partial reconstruction every level below those
+kept is replaced by a constant code map holding that level's most frequent code in the displayed
+batch: a valid input the decoder has seen, which carries no spatial information.
+
+The task is also a `vqlatent.codes.CodeModel` (`code_levels`, `encode_codes`, `decode_codes`):
+`--mode=extract_codes` writes the code maps the priors train on.
 """
 
 from __future__ import annotations
@@ -41,10 +51,15 @@ from vqlatent import codes as codes_lib
 from vqlatent import data as data_lib
 from vqlatent import quantizers
 from vqlatent.evaluation import metrics as metric_lib
-from vqlatent.nets.vqvae2 import VQVAE2, level_names, level_shapes
+from vqlatent.nets.autoencoder import Autoencoder, check_image_shape, level_names, level_shapes
 from vqlatent.trainers import base
 from vqlatent.trainers.base import compute_dtype
 from vqlatent.trainers.optim import make_optimizer
+
+
+def is_one_level_vqvae(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config is in the VQ-VAE form of configs/vqvae.py (`model.num_downsamples`)."""
+    return "num_downsamples" in config.model
 
 
 def level_quantizer_configs(config: ml_collections.ConfigDict, names: tuple[str, ...]) -> dict[str, Any]:
@@ -61,10 +76,19 @@ def level_quantizer_configs(config: ml_collections.ConfigDict, names: tuple[str,
     return {n: q[n] for n in names}
 
 
-def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> VQVAE2:
+def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, int]) -> Autoencoder:
     m = config.model
-    strides = tuple(int(s) for s in m.strides)
-    level_shapes(image_shape, strides)  # Clear error if the strides do not divide the image.
+    if is_one_level_vqvae(config):
+        check_image_shape(image_shape, m.num_downsamples)
+        if config.quantizer.embedding_dim != m.embedding_dim:
+            raise ValueError(
+                f"Code dimension mismatch: quantizer.embedding_dim={config.quantizer.embedding_dim} but "
+                f"model.embedding_dim={m.embedding_dim}; set both to the same value."
+            )
+        strides, architecture = (2**m.num_downsamples,), "vqvae"
+    else:
+        strides, architecture = tuple(int(s) for s in m.strides), "vqvae2"
+        level_shapes(image_shape, strides)  # Clear error if the strides do not divide the image.
     names = level_names(len(strides))
     level_quantizers = {}
     for name, cfg in level_quantizer_configs(config, names).items():
@@ -72,10 +96,10 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
         for attr in ("embedding_dim", "codebook_size", "num_codebooks", "lookup"):
             if not hasattr(level_quantizers[name], attr):
                 raise ValueError(
-                    f"Quantizer {cfg.name!r} (level {name}) has no `{attr}`; VQ-VAE-2 needs "
+                    f"Quantizer {cfg.name!r} (level {name}) has no `{attr}`; a VQ-VAE needs "
                     f"quantizers with embedding_dim, codebook_size, num_codebooks and lookup()."
                 )
-    return VQVAE2(
+    return Autoencoder(
         quantizers=level_quantizers,
         strides=strides,
         out_channels=image_shape[-1],
@@ -83,17 +107,21 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
         num_residual_layers=m.num_residual_layers,
         num_residual_hiddens=m.num_residual_hiddens,
         upsample=m.upsample,
+        architecture=architecture,
         dtype=compute_dtype(config.dtype),
     )
 
 
 class Task(base.Task):
-    """VQ-VAE-2 on images in [0, 1]; also a `vqlatent.codes.CodeModel` (extract/decode codes)."""
+    """VQ-VAE / VQ-VAE-2 on images in [0, 1]; also a `vqlatent.codes.CodeModel`."""
 
     def __init__(self, config: ml_collections.ConfigDict, spec: Any):
         super().__init__(config, spec)
         self.model = build_model(config, spec.image_shape)
         self.level_names = self.model.names
+        one_level = self.model.architecture == "vqvae"
+        # Metric names: `perplexity` for the VQ-VAE (configs/vqvae.py), `perplexity_<level>` otherwise.
+        self.suffix = {n: "" if one_level else f"_{n}" for n in self.level_names}
         level_quantizers = self.model.quantizers
         self.num_codes = {
             n: int(level_quantizers[n].codebook_size) for n in self.level_names
@@ -115,41 +143,36 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
-        # XLA:CPU compiles the partitionable threefry of every initializer very
-        # slowly (measured: 14 s against 2.7 s for the 40 initializers of a tiny
-        # model); the classic threefry gives equally good random numbers.
-        with jax.threefry_partitionable(False):
+        # XLA:CPU compiles the partitionable threefry of every initializer very slowly (measured:
+        # 14 s against 2.7 s for the 40 initializers of a tiny VQ-VAE-2); the classic threefry gives
+        # equally good random numbers. The one-level VQ-VAE keeps JAX's default, with which its
+        # checkpoints and results were made.
+        partitionable = self.model.architecture == "vqvae" and jax.config.jax_threefry_partitionable
+        with jax.threefry_partitionable(partitionable):
             variables = self.model.init(params_rng, batch["image"], train=False)
         return base.state_from_variables(variables, self.tx, state_rng)
 
     # -- training ----------------------------------------------------------------
-    def loss_fn(self, params, model_state, images, rng=None):
-        """Eq. (2) summed over levels; returns (loss, (new model state, metrics)).
-
-        `rng` is the quantizers' stream (k-means initialisation, dead-code
-        restarts); flax folds each level's module path into it.
-        """
+    def loss_fn(self, params, model_state, batch, rng):
+        """Eq. (2) summed over levels (eq. (3) for one); returns (loss, (new model state, metrics))."""
+        images = batch["image"]
         rngs = {quantizers.QUANTIZER_RNG: rng} if rng is not None else None
         outputs, new_model_state = base.apply_for_training(self.model, params, model_state, images, rngs=rngs)
         mse = jnp.mean(jnp.square(outputs["reconstruction"] - images))
         vq = outputs["vq"]
-        vq_loss = sum(vq[n]["loss"] for n in self.level_names)
+        vq_loss = functools.reduce(jnp.add, [vq[n]["loss"] for n in self.level_names])
         loss = mse / self.data_variance + vq_loss
         metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss}
         for n in self.level_names:
-            metrics[f"perplexity_{n}"] = vq[n]["perplexity"]
-            metrics[f"commitment_loss_{n}"] = vq[n]["e_latent_loss"]
-            metrics[f"codebook_loss_{n}"] = vq[n]["q_latent_loss"]
-            if "dead_codes" in vq[n]:
-                metrics[f"dead_codes_{n}"] = vq[n]["dead_codes"]
+            s = self.suffix[n]
+            metrics[f"perplexity{s}"] = vq[n]["perplexity"]
+            metrics[f"commitment_loss{s}"] = vq[n]["e_latent_loss"]
+            metrics[f"codebook_loss{s}"] = vq[n]["q_latent_loss"]
+            counts = self._code_counts(n, vq[n]["encoding_indices"])
+            metrics[f"batch_codebook_usage{s}"] = jnp.mean(counts > 0)
+            if "dead_codes" in vq[n]:  # EMA usage below the restart threshold (restarted this step).
+                metrics[f"dead_codes{s}"] = vq[n]["dead_codes"]
         return loss, (new_model_state, metrics)
-
-    def train_step(self, state: base.TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)  # Depends on (seed, step) only: resumable.
-        grads, (model_state, metrics) = jax.grad(self.loss_fn, has_aux=True)(
-            state.params, state.model_state, batch["image"], rng
-        )
-        return base.apply_gradients(state, grads, self.tx, model_state), metrics
 
     # -- codes (vqlatent.codes.CodeModel) -----------------------------------------
     def encode_codes(self, state: base.TrainState, images: jax.Array) -> dict[str, jax.Array]:
@@ -165,7 +188,7 @@ class Task(base.Task):
         return {"extract_codes": codes_lib.extract_codes_mode}
 
     # -- evaluation --------------------------------------------------------------
-    def _code_counts(self, level: str, codes: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def _code_counts(self, level: str, codes: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """(num_codebooks, K) usage counts of one level's code maps."""
         return quantizers.code_counts_per_codebook(
             codes, self.num_codebooks[level], self.num_codes[level], mask
@@ -177,7 +200,7 @@ class Task(base.Task):
         per_example_sq_err = jnp.sum(jnp.square(outputs["reconstruction"] - images), axis=(1, 2, 3))
         sums = {"sq_err": jnp.sum(per_example_sq_err * mask), "num_examples": jnp.sum(mask)}
         for n in self.level_names:
-            sums[f"code_counts_{n}"] = self._code_counts(n, outputs["codes"][n], mask)
+            sums[f"code_counts{self.suffix[n]}"] = self._code_counts(n, outputs["codes"][n], mask)
         return sums
 
     def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -195,13 +218,14 @@ class Task(base.Task):
             "num_examples": int(n),
         }
         for name in self.level_names:
-            counts = np.asarray(totals[f"code_counts_{name}"])  # (num_codebooks, K)
+            s = self.suffix[name]
+            counts = np.asarray(totals[f"code_counts{s}"])  # (num_codebooks, K)
             for key, value in quantizers.diagnostics.codebook_summary(counts).items():
-                metrics[f"{key}_{name}"] = value  # perplexity, codebook_usage, codes_used, dead_codes
-            metrics[f"num_codes_{name}"] = self.num_codes[name]
-            metrics[f"code_counts_{name}"] = (
-                (counts[0] if len(counts) == 1 else counts).astype(np.int64).tolist()
-            )
+                metrics[f"{key}{s}"] = value  # perplexity, codebook_usage, codes_used, dead_codes
+            metrics[f"num_codes{s}"] = self.num_codes[name]
+            metrics[f"code_counts{s}"] = (counts[0] if len(counts) == 1 else counts).astype(np.int64).tolist()
+            if len(counts) > 1:
+                metrics[f"num_codebooks{s}"] = len(counts)
         return metrics
 
     def partial_codes(
@@ -218,9 +242,13 @@ class Task(base.Task):
         return out
 
     def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-        """Row groups: originals, full reconstructions, from the top level alone, from the top two, ..."""
+        """Row groups: originals, full reconstructions, from the top level alone, from the top two, ...
+
+        At most 64 images: 32 pairs for one level, 16 columns of 3 for two, ...
+        """
         cols = base.GRID_COLUMNS
-        n = min(16, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
+        num_rows = len(self.level_names) + 1
+        n = min(64 // num_rows, batch["image"].shape[0]) // cols * cols or batch["image"].shape[0]
         variables = self._variables(state)
         outputs = self.model.apply(variables, batch["image"], train=False)
         images, mask = batch["image"][:n], batch["mask"][:n]
@@ -235,10 +263,11 @@ class Task(base.Task):
         return {"reconstructions": jnp.clip(stacked.reshape(-1, *images.shape[1:]), 0.0, 1.0)}
 
     def summary_images(self, totals: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`code_usage_<level>`: histograms of the codes used on the whole eval split."""
+        """`code_usage[_<level>]`: histograms of the codes used on the whole eval split, one panel per
+        codebook, codes sorted by use, unused ones shaded red (`quantizers.diagnostics`)."""
         return {
-            f"code_usage_{name}": np.asarray(
-                quantizers.diagnostics.usage_histogram(totals[f"code_counts_{name}"])
+            f"code_usage{self.suffix[n]}": np.asarray(
+                quantizers.diagnostics.usage_histogram(totals[f"code_counts{self.suffix[n]}"])
             )
-            for name in self.level_names
+            for n in self.level_names
         }
