@@ -95,7 +95,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_continuous=2,
         continuous_range=(-1.0, 1.0),
     )
-    generator = dict(fc_features=(1024,), base_shape=(7, 7, 128), upconv_features=(64,))
+    # upsample: 'auto' = per-phase sub-pixel on CPU, ConvTranspose on GPU/TPU (same function; README).
+    generator = dict(fc_features=(1024,), base_shape=(7, 7, 128), upconv_features=(64,), upsample="auto")
     discriminator = dict(conv_features=(64, 128), fc_features=(1024,), leaky_slope=0.1)
     q = dict(hidden=128, continuous_std="learned", fixed_std=1.0)
     info = dict(lambda_categorical=1.0, lambda_continuous=0.1, detach_q=False)

@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_residual_hiddens=32,
         num_downsamples=2,
         embedding_dim=64,
-        upsample="subpixel",
+        upsample="auto",  # By backend: per-phase sub-pixel on CPU, ConvTranspose on GPU/TPU (README).
     )
     if variant == "digits":
         config.data = cfg_lib.data_config("sklearn_digits")

@@ -66,7 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_name = "vqvae2"
     config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
     model = dict(
-        strides=(4, 2), num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32, upsample="subpixel"
+        strides=(4, 2), num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32, upsample="auto"
     )
     num_codes, embedding_dim = 512, 64
     if variant == "digits":

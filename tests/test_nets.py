@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from vqlatent import backend as vqlatent_backend
 from vqlatent.nets import autoencoder
 from vqlatent.nets.autoencoder import check_image_shape
-from vqlatent.nets.layers import SubpixelConvTranspose
+from vqlatent.nets.layers import SubpixelConvTranspose, upsampling_layer
 from vqlatent.quantizers import VectorQuantizerEMA
 
 
@@ -95,6 +96,34 @@ def test_conv_transpose_and_subpixel_models_agree():
         slow.apply(variables, x, train=False)["reconstruction"],
         atol=1e-5,
     )
+
+
+@pytest.mark.parametrize(
+    "backend_name, expected",
+    [("cpu", SubpixelConvTranspose), ("gpu", nn.ConvTranspose), ("tpu", nn.ConvTranspose)],
+)
+def test_auto_upsampling_picks_the_backend_form_with_the_same_parameters(monkeypatch, backend_name, expected):
+    """'auto' resolves by backend; every form has the same parameter tree and computes the same function,
+    so a checkpoint moves between backends (values and gradients checked on the CPU)."""
+    monkeypatch.setattr(vqlatent_backend, "default_backend", lambda: backend_name)
+    layer = upsampling_layer("auto", 8, None, "up")
+    assert type(layer) is expected
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+    reference = upsampling_layer("conv_transpose", 8, None, "up")
+    variables = reference.init(jax.random.key(1), x)
+    assert jax.tree.structure(layer.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+
+    def loss(module, v, x):
+        return jnp.sum(jnp.sin(module.apply(v, x)))
+
+    chex.assert_trees_all_close(layer.apply(variables, x), reference.apply(variables, x), atol=1e-5)
+    chex.assert_trees_all_close(
+        jax.grad(loss, argnums=(1, 2))(layer, variables, x),
+        jax.grad(loss, argnums=(1, 2))(reference, variables, x),
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="model.upsample='nearest'"):
+        upsampling_layer("nearest", 8, None, "up")
 
 
 def test_image_size_not_divisible_is_a_clear_error():

@@ -28,9 +28,9 @@ two levels this is exactly rosinality's `enc_b`, `enc_t`, `quantize_conv_t`, `de
     parameter names of the VQ-VAE model (`encoder`, `pre_quantization`, `quantizer`, `decoder`), so
     that its checkpoints restore.
 
-Every transposed convolution is a `SubpixelConvTranspose` by default (`upsample='subpixel'`, see
-`vqlatent.nets.layers`): the same function as `nn.ConvTranspose`, without XLA:CPU's slow kernel
-gradient of strided transposed convolutions. The model sees images in [0, 1], centres them
+Every transposed convolution is `vqlatent.nets.layers.upsampling_layer(upsample, ...)`: by default
+(`'auto'`) a `SubpixelConvTranspose` on the CPU (the same function as `nn.ConvTranspose`, without
+XLA:CPU's slow kernel gradient of strided transposed convolutions) and `nn.ConvTranspose` on GPU/TPU. The model sees images in [0, 1], centres them
 (x - 0.5) like the Sonnet example, and returns reconstructions on the [0, 1] scale (no output
 non-linearity). Each level's quantizer (any module of `vqlatent.quantizers`) sets that level's code
 dimension. The training objective (VQ-VAE eq. 3, VQ-VAE-2 eq. 2) is in
@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlatent.nets.layers import ResidualStack, SubpixelConvTranspose
+from vqlatent.nets.layers import UPSAMPLERS, ResidualStack, upsampling_layer  # noqa: F401
 from vqlatent.nets.levels import (  # noqa: F401  (level_names, level_shapes: part of this module's API)
     check_code_pyramid,
     check_image_shape,
@@ -55,17 +55,7 @@ from vqlatent.nets.levels import (  # noqa: F401  (level_names, level_shapes: pa
     num_halvings,
 )
 
-UPSAMPLERS = ("subpixel", "conv_transpose")
 ARCHITECTURES = ("vqvae", "vqvae2")
-
-
-def upsampling_layer(kind: str, features: int, dtype: Any, name: str) -> nn.Module:
-    """A 4x4, stride-2 transposed convolution in the requested implementation."""
-    if kind == "subpixel":
-        return SubpixelConvTranspose(features, (4, 4), (2, 2), dtype=dtype, name=name)
-    if kind == "conv_transpose":
-        return nn.ConvTranspose(features, (4, 4), (2, 2), padding="SAME", dtype=dtype, name=name)
-    raise ValueError(f"Unknown upsampling {kind!r} (config model.upsample); choose one of {UPSAMPLERS}.")
 
 
 class Encoder(nn.Module):
@@ -113,7 +103,7 @@ class Decoder(nn.Module):
     num_residual_hiddens: int
     num_upsamples: int
     out_channels: int
-    upsample: str = "subpixel"
+    upsample: str = "auto"
     dtype: Any = None
 
     @nn.compact
@@ -143,7 +133,7 @@ class Upsampler(nn.Module):
 
     features: int
     factor: int
-    upsample: str = "subpixel"
+    upsample: str = "auto"
     dtype: Any = None
 
     @nn.compact
@@ -167,7 +157,7 @@ class Autoencoder(nn.Module):
       out_channels: image channels.
       num_hiddens: channels of every encoder/decoder (rosinality's `channel`).
       num_residual_layers, num_residual_hiddens: residual blocks per stack and their width.
-      upsample: 'subpixel' (default) or 'conv_transpose' (the same function).
+      upsample: 'auto' (default: by backend), 'subpixel' or 'conv_transpose' (the same function).
       architecture: 'vqvae2' (default) or 'vqvae' (one level; see the module docstring).
       dtype: compute dtype of the convolutions (quantizers choose their own).
     """
@@ -178,7 +168,7 @@ class Autoencoder(nn.Module):
     num_hiddens: int = 128
     num_residual_layers: int = 2
     num_residual_hiddens: int = 32
-    upsample: str = "subpixel"
+    upsample: str = "auto"
     architecture: str = "vqvae2"
     dtype: Any = None
 
@@ -341,7 +331,7 @@ def vqvae(
     num_hiddens: int = 128,
     num_residual_layers: int = 2,
     num_residual_hiddens: int = 32,
-    upsample: str = "subpixel",
+    upsample: str = "auto",
     dtype: Any = None,
 ) -> Autoencoder:
     """The VQ-VAE of van den Oord et al. (section 4.1): one level, `num_downsamples` halvings."""

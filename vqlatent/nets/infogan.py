@@ -27,8 +27,9 @@ scaled-down 8x8 digits model and the 32x32 CelebA model of Table 4:
   Discriminator: `conv_features` (4x4 stride-2 convs; BN on all but the first,
     as DCGAN), `fc_features` (hidden FC layers with BN), then the D and Q heads.
 
-Upsampling uses `SubpixelConvTranspose` (the same function as
-`nn.ConvTranspose(padding='SAME')`, much faster to differentiate on XLA:CPU).
+Upsampling is `upsampling_layer(upsample, ...)`: by default a `SubpixelConvTranspose` on the CPU (the
+same function as `nn.ConvTranspose(padding='SAME')`, much faster to differentiate on XLA:CPU) and
+`nn.ConvTranspose` on GPU/TPU.
 Kernels are initialised N(0, 0.02^2) as in DCGAN and the paper's code
 (`kernel_init`); `init_variables` draws them all at once (fast to compile).
 """
@@ -44,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlatent.nets.layers import SubpixelConvTranspose
+from vqlatent.nets.layers import upsampling_layer
 
 BATCH_NORM_MOMENTUM = 0.9  # Running averages for evaluation; the paper's code uses decay 0.9.
 BATCH_NORM_EPSILON = 1e-5
@@ -99,6 +100,7 @@ class Generator(nn.Module):
     out_channels: int
     kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
     dtype: Any = None
+    upsample: str = "auto"  # `vqlatent.nets.layers.upsampling_layer`: by backend, or forced.
 
     @nn.compact
     def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:
@@ -114,19 +116,11 @@ class Generator(nn.Module):
         h = nn.relu(_batch_norm(train, self.dtype, "fc_base_bn")(h))
         h = h.reshape(h.shape[0], *self.base_shape)
         for i, features in enumerate(self.upconv_features):
-            h = SubpixelConvTranspose(
-                features,
-                (4, 4),
-                (2, 2),
-                use_bias=False,
-                kernel_init=init,
-                dtype=self.dtype,
-                name=f"upconv{i}",
+            h = upsampling_layer(
+                self.upsample, features, self.dtype, f"upconv{i}", use_bias=False, kernel_init=init
             )(h)
             h = nn.relu(_batch_norm(train, self.dtype, f"upconv{i}_bn")(h))
-        h = SubpixelConvTranspose(
-            self.out_channels, (4, 4), (2, 2), kernel_init=init, dtype=self.dtype, name="upconv_out"
-        )(h)
+        h = upsampling_layer(self.upsample, self.out_channels, self.dtype, "upconv_out", kernel_init=init)(h)
         return nn.sigmoid(h.astype(jnp.float32))
 
 

@@ -14,11 +14,14 @@ both forms avoid that path entirely.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vqlatent import backend
 
 
 def depth_to_space(x: jax.Array, block: tuple[int, int]) -> jax.Array:
@@ -223,3 +226,27 @@ class ResidualStack(nn.Module):
             r = nn.Conv(self.num_hiddens, (1, 1), dtype=self.dtype, name=f"res1x1_{i}")(r)
             h = h + r
         return nn.relu(h)
+
+
+# 4x4 / stride-2 upsampling: `SubpixelConvTranspose` (per-phase) on the CPU, where XLA's kernel gradient
+# of a strided transposed convolution is 10-80x slower (benchmarks/upsample_bench.py); `nn.ConvTranspose`
+# elsewhere (cuDNN and the TPU's convolution units do it natively). Same function, same parameters.
+UPSAMPLERS = ("subpixel", "conv_transpose")
+UPSAMPLE_PER_BACKEND = {"cpu": "subpixel", "default": "conv_transpose"}
+
+
+def upsampling_layer(
+    kind: str,
+    features: int,
+    dtype: Any,
+    name: str,
+    use_bias: bool = True,
+    kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(),
+) -> nn.Module:
+    """A 4x4, stride-2 transposed convolution ('SAME') in the form `kind` names (config `model.upsample`:
+    'auto' picks the backend's default, `UPSAMPLE_PER_BACKEND`)."""
+    kind = backend.resolve("model.upsample", kind, UPSAMPLE_PER_BACKEND, UPSAMPLERS)
+    kwargs = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
+    if kind == "subpixel":
+        return SubpixelConvTranspose(features, (4, 4), (2, 2), **kwargs)
+    return nn.ConvTranspose(features, (4, 4), (2, 2), padding="SAME", **kwargs)

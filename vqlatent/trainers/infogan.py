@@ -116,6 +116,7 @@ class Task(base.Task):
             out_channels=spec.image_shape[-1],
             kernel_init=kernel_init,
             dtype=dtype,
+            upsample=m.generator.get("upsample", "auto"),
         )
         self.discriminator = Discriminator(
             conv_features=tuple(m.discriminator.conv_features),

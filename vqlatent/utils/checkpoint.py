@@ -29,6 +29,10 @@ import orbax.checkpoint as ocp
 # Config fields that define *what* is trained. A workdir holding a checkpoint
 # of another value for any of these is refused rather than silently overwritten.
 MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "prior", "data.name", "data.image_size", "dtype")
+# Leaves under those fields that choose how a model is computed, not what it computes (every form is
+# tested equal; `vqlatent.backend` picks the form per backend): a workdir resumes under any of them,
+# and old workdirs written before such a field existed resume too.
+IMPLEMENTATION_LEAVES = frozenset({"upsample", "argmin_form", "distance_precision", "ema_statistics"})
 
 
 class WorkdirMismatchError(ValueError):
@@ -128,6 +132,7 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict, write:
         diffs = [
             f"  {key}: workdir has {a!r}, config has {b!r}"
             for key, a, b in field_diffs(saved, current, MODEL_DEFINING_FIELDS)
+            if key.rsplit(".", 1)[-1] not in IMPLEMENTATION_LEAVES
         ]
         if diffs and has_checkpoints:
             raise WorkdirMismatchError(
