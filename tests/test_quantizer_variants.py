@@ -25,11 +25,12 @@ from vqlatent.quantizers import (
     ResidualVQ,
     VectorQuantizer,
     VectorQuantizerEMA,
-    codebook_ops,
-    core,
     diagnostics,
+    ema,
     estimators,
     fsq,
+    search,
+    statistics,
 )
 from vqlatent.trainers.base import make_task
 
@@ -141,14 +142,14 @@ def test_rotation_trick_in_the_ema_module_and_bf16():
 def test_two_level_argmin_equals_argmin_including_ties(num_codes):
     values = _rng(20).integers(0, 4, size=(50, num_codes)).astype(np.float32)
     values[7] = 3.0  # A row of ties.
-    np.testing.assert_array_equal(core.argmin_last_axis(jnp.asarray(values)), np.argmin(values, axis=-1))
+    np.testing.assert_array_equal(search.argmin_last_axis(jnp.asarray(values)), np.argmin(values, axis=-1))
 
 
 def test_65536_codes_chunked_search_and_ema_step():
     rng = _rng(21)
     codebook = rng.normal(size=(65536, 8)).astype(np.float32)
     x = rng.normal(size=(64, 8)).astype(np.float32)
-    indices, distance = jax.jit(lambda x, c: core.nearest_code(x, c, chunk_size=4096))(x, codebook)
+    indices, distance = jax.jit(lambda x, c: search.nearest_code(x, c, chunk_size=4096))(x, codebook)
     d = ((x[:, None] - codebook[None]) ** 2).sum(-1)
     np.testing.assert_array_equal(indices, d.argmin(1))
     np.testing.assert_allclose(distance, d.min(1), rtol=1e-4, atol=1e-4)
@@ -231,10 +232,10 @@ def test_kmeans_matches_numpy_lloyd_from_the_same_seeds():
     rng = _rng(4)
     x = rng.normal(size=(200, 3)).astype(np.float32)
     key = jax.random.key(5)
-    seeds, valid = codebook_ops.sample_rows(key, x, 12)
+    seeds, valid = ema.sample_rows(key, x, 12)
     assert bool(jnp.all(valid))
     assert len({tuple(s) for s in np.asarray(seeds)}) == 12  # Distinct rows.
-    centroids, counts = codebook_ops.kmeans(x, 12, key, iterations=6, chunk_size=5)
+    centroids, counts = ema.kmeans(x, 12, key, iterations=6, chunk_size=5)
     expected = np_lloyd(x.astype(np.float64), np.asarray(seeds, np.float64), 6)
     np.testing.assert_allclose(centroids, expected, atol=ATOL)
     assert float(jnp.sum(counts)) == 200
@@ -277,7 +278,7 @@ def test_restarts_leave_no_code_dead_after_one_step():
     module = VectorQuantizerEMA(num_codes, 4, dead_code_threshold=1.0)
     out, after = _train(module, variables, x)
     assert float(out["dead_codes"]) > num_codes // 2  # Restarted this step.
-    usage = codebook_ops.ema_usage(after["vq_ema"], module.decay)
+    usage = ema.ema_usage(after["vq_ema"], module.decay)
     assert np.all(np.asarray(usage) >= 1.0 - 1e-6)
     codebook = np.asarray(after["vq_ema"]["codebook"])
     restarted = np.isclose(np.asarray(usage), 1.0)
@@ -530,7 +531,7 @@ def test_every_variant_returns_the_common_keys_and_lookup_inverts(name):
 
 def test_code_counts_per_codebook_and_summary():
     indices = jnp.array([[[0, 2], [1, 2]], [[0, 0], [3, 2]]])  # (B=2, 2, S=2)
-    counts = codebook_ops.code_counts_per_codebook(indices, 2, 4, mask=jnp.array([1.0, 0.0]))
+    counts = statistics.code_counts_per_codebook(indices, 2, 4, mask=jnp.array([1.0, 0.0]))
     np.testing.assert_array_equal(counts, [[1, 1, 0, 0], [0, 0, 2, 0]])
     summary = diagnostics.codebook_summary(np.asarray(counts))
     assert summary["codes_used"] == 3 and summary["dead_codes"] == 5
@@ -662,7 +663,7 @@ def test_structural_errors():
     with pytest.raises(ValueError, match="codebook_dim.*got 0"):
         VectorQuantizerEMA(8, 4, codebook_dim=0)
     with pytest.raises(ValueError, match=r"chunk_size.*got 0"):
-        core.nearest_code(jnp.zeros((2, 3)), jnp.zeros((4, 3)), chunk_size=0)
+        search.nearest_code(jnp.zeros((2, 3)), jnp.zeros((4, 3)), chunk_size=0)
     module = ResidualVQ(2, 8, 4)
     variables = module.init(jax.random.key(0), jnp.zeros((2, 4)), train=False)
     with pytest.raises(ValueError, match="end in the 2 stages"):

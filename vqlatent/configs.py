@@ -69,6 +69,19 @@ QUANTIZER_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # 4 groups of D/4 channels, one EMA codebook each, with restarts.
     "product_vq": ("product_vq", dict(_EMA, num_groups=4, dead_code_threshold=1.0, kmeans_init=True)),
     "fsq": ("fsq", {}),
+    # Lookup-free (MAGVIT-v2): log2(K) sign bits, entropy penalty weight 0.1.
+    "lfq": ("lfq", dict(commitment_cost=0.25, entropy_weight=0.1)),
+    # Binary spherical (Zhao et al. 2024): LFQ on the unit sphere.
+    "bsq": ("bsq", dict(commitment_cost=0.25, entropy_weight=0.1)),
+    # Frozen random codebook times one learned linear map (Zhu et al. 2024).
+    "simvq": ("simvq", dict(commitment_cost=0.25)),
+    # 2 stages of K codes each (FSQ levels / LFQ bits for K), quantize dropout (SoundStream).
+    "residual_fsq": ("residual_fsq", dict(num_stages=2, quantize_dropout=True)),
+    "residual_lfq": ("residual_lfq", dict(num_stages=2, quantize_dropout=True, entropy_weight=0.1)),
+    # EMA VQ sampling codes from softmax(-distance / T) in training, argmin at evaluation.
+    "vq_ema_stochastic": ("vq_ema", dict(_EMA, stochastic_temperature=0.1)),
+    # EMA VQ with MaskGIT's entropy regulariser on softmax(-distance / 0.01).
+    "vq_ema_entropy": ("vq_ema", dict(_EMA, entropy_weight=0.1, entropy_temperature=0.01)),
 }
 
 
@@ -87,7 +100,7 @@ def quantizer_config(
     registry_name, defaults = QUANTIZER_PRESETS[name]
     module_fields = quantizers.config_fields(quantizers.QUANTIZERS[registry_name])
     cfg = dict(name=registry_name, embedding_dim=embedding_dim, **defaults)
-    if registry_name == "fsq":
+    if registry_name in ("fsq", "residual_fsq"):
         cfg["levels"] = overrides.pop("levels", None) or quantizers.fsq.levels_for_codebook_size(
             num_embeddings
         )

@@ -1,13 +1,17 @@
-"""Vector quantisers: pure functions, linen modules, and a registry.
+"""Vector quantisers: pure functions, thin linen modules, and a registry.
 
-Pure functions (no Flax): `core` (distances, chunked nearest code,
-straight-through, losses, perplexity, EMA update), `estimators`
-(straight-through and the rotation trick), `codebook_ops` (k-means, dead-code
-restarts, cosine normalisation, usage counts), `fsq` (finite scalar
-quantisation). Linen modules, all with the same call signature
-``module(inputs, train=..., mask=None)`` and the same output keys
-(`COMMON_OUTPUT_KEYS`), a ``lookup(indices)`` that inverts
-``encoding_indices``, and the properties ``num_codebooks`` /
+Pure functions (no Flax), each file one idea:
+
+  search.py       distances ``|x|^2 - 2 x.e + |e|^2``, the (two-level) argmin, chunked nearest code
+  estimators.py   straight-through and the rotation trick (the gradient through the assignment)
+  statistics.py   the eq. (3) loss terms, code counts (int32 for metrics), perplexity
+  ema.py          EMA codebook update (appendix A.1), k-means initialisation, dead-code restarts
+  fsq.py          finite scalar quantisation (bound, round, mixed-radix indices)
+  diagnostics.py  codebook health: usage summary and a usage histogram image
+
+Linen modules (`base.Quantizer` / `base.EMAQuantizer`), all with the same call signature
+``module(inputs, train=..., mask=None)`` and the same output keys (`COMMON_OUTPUT_KEYS`), a
+``lookup(indices)`` that inverts ``encoding_indices``, and the properties ``num_codebooks`` /
 ``codebook_size``:
 
   ==========  =====================  ===========================================
@@ -18,7 +22,16 @@ quantisation). Linen modules, all with the same call signature
   residual_vq ResidualVQ             ``inputs.shape[:-1] + (stages,)``
   product_vq  ProductVQ              ``inputs.shape[:-1] + (groups,)``
   fsq         FSQ                    ``inputs.shape[:-1]``, in [0, prod(levels))
+  lfq         LFQ                    ``inputs.shape[:-1]``, in [0, 2^bits)
+  bsq         BSQ                    ``inputs.shape[:-1]``, in [0, 2^bits)
+  simvq       SimVQ                  ``inputs.shape[:-1]``, in [0, K)
+  residual_fsq ResidualFSQ           ``inputs.shape[:-1] + (stages,)``
+  residual_lfq ResidualLFQ           ``inputs.shape[:-1] + (stages,)``
   ==========  =====================  ===========================================
+
+Options of the distance-based VQ modules: ``stochastic_temperature`` (sample the code from
+``softmax(-d / T)`` in training), ``entropy_weight`` (MaskGIT-style entropy regulariser); of the
+residual ones: ``quantize_dropout`` (SoundStream).
 
 Build a quantiser from a config::
 
@@ -33,19 +46,29 @@ fields become the accepted config keys.
 from __future__ import annotations
 
 import dataclasses
+import types
 from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
 
-from vqlatent.quantizers import codebook_ops, core, diagnostics, estimators, fsq
-from vqlatent.quantizers.codebook_ops import code_counts_per_codebook
-from vqlatent.quantizers.ema_codebook import EMA_COLLECTION, QUANTIZER_RNG, uniform_codebook_init
-from vqlatent.quantizers.estimators import rotation_trick
+from vqlatent.quantizers import base, diagnostics, ema, estimators, fsq, search, statistics
+from vqlatent.quantizers.base import (
+    COMMON_OUTPUT_KEYS,
+    EMA_COLLECTION,
+    QUANTIZER_RNG,
+    Quantizer,
+    uniform_codebook_init,
+)
+from vqlatent.quantizers.estimators import rotation_trick, straight_through
 from vqlatent.quantizers.fsq import FSQ
+from vqlatent.quantizers.lfq import BSQ, LFQ
 from vqlatent.quantizers.product import ProductVQ
 from vqlatent.quantizers.residual import ResidualVQ
-from vqlatent.quantizers.vector_quantizer import VectorQuantizer, VectorQuantizerEMA
+from vqlatent.quantizers.residual_scalar import ResidualFSQ, ResidualLFQ
+from vqlatent.quantizers.simvq import SimVQ
+from vqlatent.quantizers.statistics import code_counts_per_codebook
+from vqlatent.quantizers.vq import VectorQuantizer, VectorQuantizerEMA
 
 QUANTIZERS: dict[str, type[nn.Module]] = {
     "vq": VectorQuantizer,
@@ -53,12 +76,38 @@ QUANTIZERS: dict[str, type[nn.Module]] = {
     "residual_vq": ResidualVQ,
     "product_vq": ProductVQ,
     "fsq": FSQ,
+    "lfq": LFQ,
+    "bsq": BSQ,
+    "simvq": SimVQ,
+    "residual_fsq": ResidualFSQ,
+    "residual_lfq": ResidualLFQ,
 }
 
-# Keys in the output dict of every quantiser. Single-codebook VQ adds
-# Sonnet's `encodings` (and `distances` when unchunked); EMA quantisers with
-# restarts add `dead_codes`.
-COMMON_OUTPUT_KEYS = ("quantize", "loss", "perplexity", "encoding_indices", "e_latent_loss", "q_latent_loss")
+# The pure functions under the module names they had before the package was split by idea
+# (`core`: search + estimators + statistics + EMA update; `codebook_ops`: k-means, restarts, counts),
+# so code written against them keeps working.
+core = types.SimpleNamespace(
+    squared_distances=search.squared_distances,
+    argmin_last_axis=search.argmin_last_axis,
+    nearest_code=search.nearest_code,
+    validate_chunk_size=search.validate_chunk_size,
+    straight_through=straight_through,
+    vq_losses=statistics.vq_losses,
+    code_counts=statistics.code_counts,
+    perplexity=statistics.perplexity,
+    init_ema_state=ema.init_ema_state,
+    ema_update=ema.ema_update,
+    CODEBOOK=ema.CODEBOOK,
+    EMA_CLUSTER_SIZE_HIDDEN=ema.EMA_CLUSTER_SIZE_HIDDEN,
+    EMA_DW_HIDDEN=ema.EMA_DW_HIDDEN,
+    COUNTER=ema.COUNTER,
+    EMA_STATE_KEYS=ema.EMA_STATE_KEYS,
+)
+codebook_ops = types.SimpleNamespace(
+    l2_normalize=search.l2_normalize,
+    **{n: getattr(ema, n) for n in ("sample_rows", "kmeans", "ema_usage", "restart_dead_codes")},
+    code_counts_per_codebook=code_counts_per_codebook,
+)
 
 # Dataclass fields every linen Module has; not quantiser configuration.
 _LINEN_FIELDS = frozenset({"parent", "name"})
@@ -124,22 +173,33 @@ def make_quantizer(cfg: Any, *, module_name: str | None = None) -> nn.Module:
 __all__ = [
     "COMMON_OUTPUT_KEYS",
     "EMA_COLLECTION",
+    "BSQ",
     "FSQ",
+    "LFQ",
     "ProductVQ",
     "QUANTIZERS",
     "QUANTIZER_RNG",
+    "Quantizer",
+    "ResidualFSQ",
+    "ResidualLFQ",
     "ResidualVQ",
+    "SimVQ",
     "VectorQuantizer",
     "VectorQuantizerEMA",
+    "base",
     "code_counts_per_codebook",
     "codebook_ops",
     "config_fields",
     "core",
     "diagnostics",
+    "ema",
     "estimators",
     "fsq",
     "make_quantizer",
     "register_quantizer",
     "rotation_trick",
+    "search",
+    "statistics",
+    "straight_through",
     "uniform_codebook_init",
 ]

@@ -5,7 +5,7 @@ the forward pass and differ only in the gradient they send to the encoder
 output ``x`` (the selected code ``q`` always gets a zero cotangent: codebooks
 learn from the codebook loss or the EMA update, never through this path):
 
-* ``straight_through`` (van den Oord et al. 2017, section 3.2; `core`):
+* ``straight_through`` (van den Oord et al. 2017, section 3.2, the first term of eq. (3)):
   ``dL/dx = dL/dq``.
 * ``rotation_trick`` (Fifty et al. 2024, "Restructuring Vector Quantization
   with the Rotation Trick", arXiv:2410.06424, eq. 4 and section 4.2): the
@@ -34,8 +34,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from vqlatent.quantizers import core
-
 Array = jax.Array
 
 STRAIGHT_THROUGH = "straight_through"
@@ -45,6 +43,49 @@ ROTATION_TRICK = "rotation_trick"
 # `rotation_trick`): |x| or |q| below this, or x_hat nearly equal to -q_hat.
 _DEGENERATE_NORM = 1e-12
 _DEGENERATE_SUM_NORM = 1e-6
+
+
+@jax.custom_vjp
+def _straight_through(x: Array, q: Array) -> Array:
+    del x
+    return q
+
+
+def _straight_through_fwd(x: Array, q: Array):
+    del x
+    return q, None
+
+
+def _straight_through_bwd(residuals, cotangent):
+    del residuals
+    return cotangent, jnp.zeros_like(cotangent)
+
+
+_straight_through.defvjp(_straight_through_fwd, _straight_through_bwd)
+
+
+def straight_through(x: Any, q: Any) -> Array:
+    """Straight-through estimator of eq. (3)'s first term.
+
+    In the forward pass this is ``z_q(x) = q`` (written ``x + sg[q - x]`` in the reference
+    implementations, but returned exactly as ``q``). In the backward pass the decoder's gradient
+    ``dL/dz_q`` is copied unchanged to the encoder output ``z_e(x) = x`` ("we approximate the
+    gradient similar to the straight-through estimator and just copy gradients from decoder input
+    z_q(x) to encoder output z_e(x)") and ``q`` receives a zero cotangent: the codebook learns only
+    from the codebook term of eq. (3) (or the EMA update).
+
+    Args:
+      x: encoder outputs.
+      q: quantised vectors, same shape as ``x``; cast to ``x.dtype``.
+
+    Returns:
+      ``q`` with the dtype of ``x``, differentiable only w.r.t. ``x``.
+    """
+    x = jnp.asarray(x)
+    q = jnp.asarray(q)
+    if x.shape != q.shape:
+        raise ValueError(f"straight_through needs x and q of the same shape; got {x.shape} and {q.shape}.")
+    return _straight_through(x, q.astype(x.dtype))
 
 
 def _rotation_factors(x32: Array, q32: Array):
@@ -113,7 +154,7 @@ def rotation_trick(x: Any, q: Any) -> Array:
 
 
 GRADIENT_ESTIMATORS: dict[str, Callable[[Any, Any], Array]] = {
-    STRAIGHT_THROUGH: core.straight_through,
+    STRAIGHT_THROUGH: straight_through,
     ROTATION_TRICK: rotation_trick,
 }
 

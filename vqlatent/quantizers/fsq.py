@@ -35,8 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlatent.quantizers import core
-from vqlatent.quantizers import vector_quantizer as vq_lib
+from vqlatent.quantizers import base, statistics
 
 Array = jax.Array
 
@@ -130,7 +129,7 @@ def indices_to_codes(indices: Any, levels: Sequence[int]) -> Array:
     return (digits.astype(jnp.float32) - half_width) / half_width
 
 
-class FSQ(nn.Module):
+class FSQ(base.Quantizer):
     """Finite scalar quantisation as a drop-in quantiser (no codebook, no loss).
 
     Attributes:
@@ -155,12 +154,8 @@ class FSQ(nn.Module):
 
     def __post_init__(self):
         object.__setattr__(self, "levels", validate_levels(self.levels))
-        vq_lib.validate_int_at_least_one("embedding_dim", self.embedding_dim)
+        base.validate_int_at_least_one("embedding_dim", self.embedding_dim)
         super().__post_init__()
-
-    @property
-    def num_codebooks(self) -> int:
-        return 1
 
     @property
     def codebook_size(self) -> int:
@@ -184,24 +179,24 @@ class FSQ(nn.Module):
         """Quantises ``inputs`` of shape ``(..., D)``; ``train`` is unused."""
         del train
         inputs = jnp.asarray(inputs)
-        vq_lib.check_inputs(self, inputs)
-        flat_mask = vq_lib.flatten_mask(self, inputs.shape[:-1], mask)
+        self.check_inputs(inputs)
+        flat_mask = self.flatten_mask(inputs.shape[:-1], mask)
         z = self.project_in(inputs) if self._projects else inputs
         bounded = bound(z, self.levels)
         _, half_width, _ = _as_arrays(self.levels)
         z_hat = round_ste(bounded) / half_width
         indices = codes_to_indices(z_hat, self.levels)
-        rounding_error = core.vq_losses(
+        rounding_error = statistics.vq_losses(
             jax.lax.stop_gradient(bounded / half_width), jax.lax.stop_gradient(z_hat), flat_mask
         )["e_latent_loss"]
-        output_dtype = self.dtype if self.dtype is not None else inputs.dtype
+        output_dtype = self.output_dtype(inputs)
         quantized = self.project_out(z_hat) if self._projects else z_hat
         return {
             "quantize": quantized.astype(output_dtype),
             "loss": jnp.zeros((), jnp.float32),
             "e_latent_loss": rounding_error,
             "q_latent_loss": rounding_error,
-            "perplexity": core.perplexity(indices, self.codebook_size, flat_mask),
+            "perplexity": statistics.perplexity(indices, self.codebook_size, flat_mask),
             "encoding_indices": indices,
         }
 

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlatent.quantizers import codebook_ops, core, ema_codebook, estimators
-from vqlatent.quantizers import vector_quantizer as vq_lib
+from vqlatent.quantizers import base, ema, estimators, search, statistics
 
 Array = jax.Array
 
 
-class ProductVQ(nn.Module):
+class ProductVQ(base.EMAQuantizer):
     """``num_groups`` EMA codebooks, one per slice of ``D / num_groups`` channels.
 
     ``encoding_indices`` has shape ``inputs.shape[:-1] + (G,)`` (the group on
@@ -50,6 +48,8 @@ class ProductVQ(nn.Module):
         rotation acts on each group's sub-vector).
       dead_code_threshold, kmeans_init, kmeans_iterations: see
         `VectorQuantizerEMA` (per group).
+      argmin_form, distance_precision, ema_statistics: the per-backend hot
+        paths (see `VectorQuantizerEMA`).
     """
 
     num_groups: int
@@ -65,23 +65,26 @@ class ProductVQ(nn.Module):
     dead_code_threshold: float = 0.0
     kmeans_init: bool = False
     kmeans_iterations: int = 10
+    argmin_form: str = "auto"
+    distance_precision: str = "auto"
+    ema_statistics: str = "auto"
 
     def __post_init__(self):
-        vq_lib.validate_int_at_least_one("num_groups", self.num_groups)
-        vq_lib.validate_int_at_least_one("num_embeddings", self.num_embeddings)
-        vq_lib.validate_int_at_least_one("embedding_dim", self.embedding_dim)
+        base.validate_int_at_least_one("num_groups", self.num_groups)
+        base.validate_int_at_least_one("num_embeddings", self.num_embeddings)
+        base.validate_int_at_least_one("embedding_dim", self.embedding_dim)
         if self.embedding_dim % self.num_groups:
             raise ValueError(
                 f"num_groups={self.num_groups} must divide embedding_dim="
                 f"{self.embedding_dim} (each group gets embedding_dim / num_groups "
                 f"channels)."
             )
-        core.validate_chunk_size(self.chunk_size)
-        vq_lib.validate_commitment_cost(self.commitment_cost)
-        if not isinstance(self.l2_normalize, bool):
-            raise ValueError(f"l2_normalize must be True or False, got {self.l2_normalize!r}.")
+        search.validate_chunk_size(self.chunk_size)
+        base.validate_commitment_cost(self.commitment_cost)
+        base.validate_bool("l2_normalize", self.l2_normalize)
         estimators.validate_gradient_estimator(self.gradient_estimator)
-        ema_codebook.validate_ema_fields(self)
+        base.validate_ema_fields(self)
+        base.validate_hot_paths(self)
         super().__post_init__()
 
     @property
@@ -90,22 +93,16 @@ class ProductVQ(nn.Module):
         return self.num_groups
 
     @property
-    def codebook_size(self) -> int:
-        return self.num_embeddings
-
-    @property
     def group_dim(self) -> int:
         return self.embedding_dim // self.num_groups
 
     def setup(self):
-        self.ema = ema_codebook.declare_variables(
-            self, (self.num_groups,), self.num_embeddings, self.group_dim, self.kmeans_init
-        )
+        self.ema = self.declare_ema_variables((self.num_groups,), self.num_embeddings, self.group_dim)
 
     def codes(self) -> Array:
         """``(G, K, D/G)`` codes (normalised if cosine)."""
-        codebooks = self.ema[core.CODEBOOK].value
-        return codebook_ops.l2_normalize(codebooks) if self.l2_normalize else (codebooks)
+        codebooks = self.ema[ema.CODEBOOK].value
+        return search.l2_normalize(codebooks) if self.l2_normalize else codebooks
 
     def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
         """Quantises ``inputs`` ``(..., D)``; EMA updates when ``train``.
@@ -116,39 +113,38 @@ class ProductVQ(nn.Module):
         ``dead_codes`` (summed over groups) when ``dead_code_threshold > 0``.
         """
         inputs = jnp.asarray(inputs)
-        vq_lib.check_inputs(self, inputs)
+        self.check_inputs(inputs)
         batch_shape = inputs.shape[:-1]
-        flat_mask = vq_lib.flatten_mask(self, batch_shape, mask)
-        update = ema_codebook.should_update(self, train)
+        flat_mask = self.flatten_mask(batch_shape, mask)
+        update = self.should_update(train)
         groups = inputs.reshape(batch_shape + (self.num_groups, self.group_dim))
         if self.l2_normalize:
-            groups = codebook_ops.l2_normalize(groups)
+            groups = search.l2_normalize(groups)
         flat_groups = groups.reshape(-1, self.num_groups, self.group_dim)
         # (G, N, D/G): the group axis first, for vmap.
         per_group = jax.lax.stop_gradient(jnp.swapaxes(flat_groups, 0, 1).astype(jnp.float32))
         kmeans_keys = restart_keys = None
-        if update and ema_codebook.needs_rng(self):
-            kmeans_key, restart_key = jax.random.split(ema_codebook.quantizer_key(self))
+        if update and self.needs_rng():
+            kmeans_key, restart_key = jax.random.split(self.quantizer_key())
             kmeans_keys = jax.random.split(kmeans_key, self.num_groups)
             restart_keys = jax.random.split(restart_key, self.num_groups)
         if update and self.kmeans_init:
-            kmeans_one = lambda x, key: ema_codebook.kmeans_codebook(
-                x, self.num_embeddings, key, self, flat_mask, spherical=self.l2_normalize
+            kmeans_one = lambda x, key: self.kmeans_codebook(
+                x, self.num_embeddings, key, flat_mask, spherical=self.l2_normalize
             )
-            ema_codebook.maybe_kmeans_init(self.ema, lambda: jax.vmap(kmeans_one)(per_group, kmeans_keys))
+            self.maybe_kmeans_init(lambda: jax.vmap(kmeans_one)(per_group, kmeans_keys))
         codes = jax.lax.stop_gradient(self.codes())
 
-        nearest = lambda x, codebook: core.nearest_code(x, codebook, self.chunk_size)[0]
-        indices = jax.vmap(nearest)(per_group, codes)  # (G, N)
+        indices = jax.vmap(self.nearest)(per_group, codes)  # (G, N)
         quantized = jax.vmap(lambda c, i: jnp.take(c, i, axis=0))(codes, indices)
         quantized = jnp.swapaxes(quantized, 0, 1)  # (N, G, D/G)
         row_mask = None if flat_mask is None else jnp.repeat(flat_mask, self.num_groups)
-        losses = core.vq_losses(flat_groups, quantized, row_mask)
-        output_dtype = self.dtype if self.dtype is not None else inputs.dtype
+        losses = statistics.vq_losses(flat_groups, quantized, row_mask)
+        output_dtype = self.output_dtype(inputs)
         quantize = estimators.estimate(
             self.gradient_estimator, groups.astype(output_dtype), quantized.reshape(groups.shape)
         ).reshape(inputs.shape)
-        perplexities = jax.vmap(lambda i: core.perplexity(i, self.num_embeddings, flat_mask))(indices)
+        perplexities = jax.vmap(lambda i: statistics.perplexity(i, self.num_embeddings, flat_mask))(indices)
         outputs = {
             "quantize": quantize,
             "loss": self.commitment_cost * losses["e_latent_loss"],
@@ -157,19 +153,16 @@ class ProductVQ(nn.Module):
             **losses,
         }
         if update:
-            state = ema_codebook.read_state(self.ema)
-            step = lambda s, x, i, key: ema_codebook.ema_step(
-                s, x, i, key, self, self.num_embeddings, flat_mask
-            )
+            state = self.read_ema_state()
+            step = lambda s, x, i, key: self.ema_step(s, x, i, key, self.num_embeddings, flat_mask)
             if restart_keys is None:
                 state, num_dead = jax.vmap(lambda s, x, i: step(s, x, i, None))(state, per_group, indices)
             else:
                 state, num_dead = jax.vmap(step)(state, per_group, indices, restart_keys)
-            ema_codebook.write_state(self.ema, state)
+            self.write_ema_state(state)
             num_dead = jnp.sum(num_dead)
         elif self.dead_code_threshold > 0:
-            usage = jax.vmap(codebook_ops.ema_usage, (0, None))(ema_codebook.read_state(self.ema), self.decay)
-            num_dead = jnp.sum((usage < self.dead_code_threshold).astype(jnp.float32))
+            num_dead = self.dead_code_count(stacked=True)
         if self.dead_code_threshold > 0:
             outputs["dead_codes"] = num_dead
         return outputs

@@ -31,13 +31,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vqlatent.quantizers import codebook_ops, core, ema_codebook, estimators
-from vqlatent.quantizers import vector_quantizer as vq_lib
+from vqlatent.quantizers import base, ema, estimators, residual_scalar, search, statistics
 
 Array = jax.Array
 
 
-class ResidualVQ(nn.Module):
+class ResidualVQ(base.EMAQuantizer):
     """Residual VQ with ``num_stages`` EMA codebooks of ``num_embeddings`` codes.
 
     ``encoding_indices`` has shape ``inputs.shape[:-1] + (num_stages,)`` (the
@@ -47,7 +46,7 @@ class ResidualVQ(nn.Module):
     the stages' perplexities.
 
     State (collection ``'vq_ema'``): the EMA arrays of
-    `core.init_ema_state` with a leading stage axis (``codebook``
+    `ema.init_ema_state` with a leading stage axis (``codebook``
     ``(S, K, D)``, ...), or without it when ``shared_codebook``.
 
     Attributes:
@@ -63,6 +62,12 @@ class ResidualVQ(nn.Module):
       gradient_estimator: ``'straight_through'`` or ``'rotation_trick'``.
       dead_code_threshold, kmeans_init, kmeans_iterations: see
         `VectorQuantizerEMA` (per stage).
+      argmin_form, distance_precision, ema_statistics: the per-backend hot
+        paths (see `VectorQuantizerEMA`).
+      quantize_dropout: in training, only the first ``n ~ U{1..S}`` stages make
+        ``quantize`` and the commitment loss (SoundStream section 3.3; the
+        'quantizer' RNG); the EMA still updates every stage from its
+        residuals. Adds ``stages_used``. At evaluation all stages are used.
     """
 
     num_stages: int
@@ -78,33 +83,37 @@ class ResidualVQ(nn.Module):
     dead_code_threshold: float = 0.0
     kmeans_init: bool = False
     kmeans_iterations: int = 10
+    argmin_form: str = "auto"
+    distance_precision: str = "auto"
+    ema_statistics: str = "auto"
+    quantize_dropout: bool = False
 
     def __post_init__(self):
-        vq_lib.validate_int_at_least_one("num_stages", self.num_stages)
-        vq_lib.validate_int_at_least_one("num_embeddings", self.num_embeddings)
-        vq_lib.validate_int_at_least_one("embedding_dim", self.embedding_dim)
-        core.validate_chunk_size(self.chunk_size)
-        vq_lib.validate_commitment_cost(self.commitment_cost)
-        if not isinstance(self.shared_codebook, bool):
-            raise ValueError(f"shared_codebook must be True or False, got {self.shared_codebook!r}.")
+        base.validate_int_at_least_one("num_stages", self.num_stages)
+        base.validate_int_at_least_one("num_embeddings", self.num_embeddings)
+        base.validate_int_at_least_one("embedding_dim", self.embedding_dim)
+        search.validate_chunk_size(self.chunk_size)
+        base.validate_commitment_cost(self.commitment_cost)
+        base.validate_bool("shared_codebook", self.shared_codebook)
         estimators.validate_gradient_estimator(self.gradient_estimator)
-        ema_codebook.validate_ema_fields(self)
+        base.validate_ema_fields(self)
+        base.validate_hot_paths(self)
+        residual_scalar.validate_dropout(self.quantize_dropout, self.num_stages)
         super().__post_init__()
+
+    @nn.nowrap
+    def random_features(self) -> list[str]:
+        features = super().random_features()
+        return features + ["quantize_dropout=True"] if self.quantize_dropout else features
 
     @property
     def num_codebooks(self) -> int:
         """Index streams per position: the stages (trailing axis of indices)."""
         return self.num_stages
 
-    @property
-    def codebook_size(self) -> int:
-        return self.num_embeddings
-
     def setup(self):
         leading = () if self.shared_codebook else (self.num_stages,)
-        self.ema = ema_codebook.declare_variables(
-            self, leading, self.num_embeddings, self.embedding_dim, self.kmeans_init
-        )
+        self.ema = self.declare_ema_variables(leading, self.num_embeddings, self.embedding_dim)
 
     def _stage_codebook(self, codebooks: Array, stage: int) -> Array:
         return codebooks if self.shared_codebook else codebooks[stage]
@@ -112,14 +121,12 @@ class ResidualVQ(nn.Module):
     def _kmeans_codebooks(self, flat_x: Array, keys: Array, flat_mask: Array | None) -> Array:
         """Stage-by-stage k-means on the residuals of the stages before."""
         if self.shared_codebook:
-            return ema_codebook.kmeans_codebook(flat_x, self.num_embeddings, keys[0], self, flat_mask)
+            return self.kmeans_codebook(flat_x, self.num_embeddings, keys[0], flat_mask)
         codebooks = []
         residual = flat_x
         for stage in range(self.num_stages):
-            codebook = ema_codebook.kmeans_codebook(
-                residual, self.num_embeddings, keys[stage], self, flat_mask
-            )
-            indices, _ = core.nearest_code(residual, codebook, self.chunk_size)
+            codebook = self.kmeans_codebook(residual, self.num_embeddings, keys[stage], flat_mask)
+            indices = self.nearest(residual, codebook)
             residual = residual - jnp.take(codebook, indices, axis=0)
             codebooks.append(codebook)
         return jnp.stack(codebooks)
@@ -134,47 +141,53 @@ class ResidualVQ(nn.Module):
         when ``dead_code_threshold > 0``.
         """
         inputs = jnp.asarray(inputs)
-        vq_lib.check_inputs(self, inputs)
+        self.check_inputs(inputs)
         batch_shape = inputs.shape[:-1]
-        flat_mask = vq_lib.flatten_mask(self, batch_shape, mask)
-        update = ema_codebook.should_update(self, train)
+        flat_mask = self.flatten_mask(batch_shape, mask)
+        update = self.should_update(train)
         flat_x = inputs.astype(jnp.float32).reshape(-1, self.embedding_dim)
         flat_x_const = jax.lax.stop_gradient(flat_x)
         num_keys = 1 if self.shared_codebook else self.num_stages
         kmeans_keys = restart_keys = None
-        if update and ema_codebook.needs_rng(self):
-            kmeans_key, restart_key = jax.random.split(ema_codebook.quantizer_key(self))
+        if update and self.needs_rng():
+            kmeans_key, restart_key = jax.random.split(self.quantizer_key())
             kmeans_keys = jax.random.split(kmeans_key, num_keys)
             restart_keys = jax.random.split(restart_key, num_keys)
         if update and self.kmeans_init:
-            ema_codebook.maybe_kmeans_init(
-                self.ema, lambda: self._kmeans_codebooks(flat_x_const, kmeans_keys, flat_mask)
-            )
-        codebooks = jax.lax.stop_gradient(self.ema[core.CODEBOOK].value)
+            self.maybe_kmeans_init(lambda: self._kmeans_codebooks(flat_x_const, kmeans_keys, flat_mask))
+        codebooks = jax.lax.stop_gradient(self.ema[ema.CODEBOOK].value)
+        dropping = train and self.quantize_dropout and not self.is_initializing()
+        used = residual_scalar.dropout_stage_mask(self.quantizer_key() if dropping else None, self.num_stages)
 
         residual = flat_x_const
         prefix = jnp.zeros_like(flat_x)
+        output = jnp.zeros_like(flat_x)
         stage_inputs, stage_indices = [], []
         e_latent_loss = q_latent_loss = jnp.zeros((), jnp.float32)
         perplexities = []
         for stage in range(self.num_stages):
             codebook = self._stage_codebook(codebooks, stage)
-            indices, _ = core.nearest_code(residual, codebook, self.chunk_size)
+            indices = self.nearest(residual, codebook)
             codes = jnp.take(codebook, indices, axis=0)
             # The stage input as a function of the encoder output (the codes of
             # earlier stages are constants), so each commitment term reaches it.
-            losses = core.vq_losses(flat_x - prefix, codes, flat_mask)
+            losses = statistics.vq_losses(flat_x - prefix, codes, flat_mask)
+            if self.quantize_dropout:  # Only the stages in use make z_q, so only they commit.
+                losses = {key: used[stage] * value for key, value in losses.items()}
+                output = output + used[stage] * codes
             e_latent_loss += losses["e_latent_loss"]
             q_latent_loss += losses["q_latent_loss"]
-            perplexities.append(core.perplexity(indices, self.num_embeddings, flat_mask))
+            perplexities.append(statistics.perplexity(indices, self.num_embeddings, flat_mask))
             stage_inputs.append(residual)
             stage_indices.append(indices)
             residual = residual - codes
             prefix = prefix + codes
 
-        output_dtype = self.dtype if self.dtype is not None else inputs.dtype
+        output_dtype = self.output_dtype(inputs)
         quantize = estimators.estimate(
-            self.gradient_estimator, inputs.astype(output_dtype), prefix.reshape(inputs.shape)
+            self.gradient_estimator,
+            inputs.astype(output_dtype),
+            (output if self.quantize_dropout else prefix).reshape(inputs.shape),
         )
         outputs = {
             "quantize": quantize,
@@ -187,47 +200,41 @@ class ResidualVQ(nn.Module):
         if update:
             num_dead = self._update(stage_inputs, stage_indices, restart_keys, flat_mask)
         elif self.dead_code_threshold > 0:
-            state = ema_codebook.read_state(self.ema)
-            usage = (
-                codebook_ops.ema_usage(state, self.decay)
-                if self.shared_codebook
-                else jax.vmap(codebook_ops.ema_usage, (0, None))(state, self.decay)
-            )
-            num_dead = jnp.sum((usage < self.dead_code_threshold).astype(jnp.float32))
+            num_dead = self.dead_code_count(stacked=not self.shared_codebook)
         if self.dead_code_threshold > 0:
             outputs["dead_codes"] = num_dead
+        if self.quantize_dropout:
+            outputs["stages_used"] = jnp.sum(used)
         return outputs
 
     def _update(self, stage_inputs, stage_indices, restart_keys, flat_mask) -> Array:
-        state = ema_codebook.read_state(self.ema)
+        state = self.read_ema_state()
         if self.shared_codebook:
             mask = None if flat_mask is None else jnp.tile(flat_mask, self.num_stages)
-            state, num_dead = ema_codebook.ema_step(
+            state, num_dead = self.ema_step(
                 state,
                 jnp.concatenate(stage_inputs),
                 jnp.concatenate(stage_indices),
                 None if restart_keys is None else restart_keys[0],
-                self,
                 self.num_embeddings,
                 mask,
             )
-            ema_codebook.write_state(self.ema, state)
+            self.write_ema_state(state)
             return num_dead
         new_states, num_dead = [], jnp.zeros((), jnp.float32)
         for stage in range(self.num_stages):
             stage_state = {k: v[stage] for k, v in state.items()}
-            stage_state, stage_dead = ema_codebook.ema_step(
+            stage_state, stage_dead = self.ema_step(
                 stage_state,
                 stage_inputs[stage],
                 stage_indices[stage],
                 None if restart_keys is None else restart_keys[stage],
-                self,
                 self.num_embeddings,
                 flat_mask,
             )
             new_states.append(stage_state)
             num_dead = num_dead + stage_dead
-        ema_codebook.write_state(self.ema, {k: jnp.stack([s[k] for s in new_states]) for k in state})
+        self.write_ema_state({k: jnp.stack([s[k] for s in new_states]) for k in state})
         return num_dead
 
     def stage_codes(self, indices: Array) -> Array:
@@ -237,14 +244,17 @@ class ResidualVQ(nn.Module):
             raise ValueError(
                 f"ResidualVQ indices must end in the {self.num_stages} stages; got shape {indices.shape}."
             )
-        codebooks = self.ema[core.CODEBOOK].value
+        codebooks = self.ema[ema.CODEBOOK].value
         if self.shared_codebook:
             return jnp.take(codebooks, indices, axis=0)
         return jnp.stack(
             [jnp.take(codebooks[s], indices[..., s], axis=0) for s in range(self.num_stages)], axis=-2
         )
 
-    def lookup(self, indices: Array) -> Array:
-        """``(..., S)`` indices -> ``sum_s e^s_{k_s}``, shape ``(..., D)``."""
-        vectors = jnp.sum(self.stage_codes(indices), axis=-2)
+    def lookup(self, indices: Array, num_stages: int | None = None) -> Array:
+        """``(..., S)`` indices -> ``sum_{s < num_stages} e^s_{k_s}`` (all stages by default), ``(..., D)``."""
+        stage_codes = self.stage_codes(indices)
+        if num_stages is not None:
+            stage_codes = stage_codes[..., :num_stages, :]
+        vectors = jnp.sum(stage_codes, axis=-2)
         return vectors if self.dtype is None else vectors.astype(self.dtype)
