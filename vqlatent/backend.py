@@ -19,12 +19,14 @@ import sys
 from collections.abc import Mapping
 
 # XLA:CPU flags set by the package when the user has not set XLA_FLAGS (see module docstring).
-# jaxlib 0.10 routes convolutions through YNNPACK/XNNPACK library fusions by default; their kernel
-# gradients run 2-8x slower than XLA's own convolutions on AVX-512 CPUs, and whole train steps
-# 1.3x slower (benchmarks/xla_cpu_flags_bench.py and train_step_bench.py; benchmarks/RESULTS.md,
-# "Speed against PyTorch"). Empty values turn those fusions off. They only affect the CPU backend.
+# jaxlib 0.10 routes convolutions and matmuls through YNNPACK/XNNPACK library fusions by default. Their
+# convolution kernel gradients run 2-10x slower than XLA's own convolutions on this AVX-512 CPU (all
+# the models' convolution kernels together: 4.75 s -> 1.23 s), while YNNPACK's matmuls are faster than
+# XLA's (InfoGAN's dense layers). So: YNNPACK for individual dots only, no XNNPACK fusions
+# (benchmarks/xla_cpu_flags_bench.py and train_step_bench.py; benchmarks/RESULTS.md, "Speed against
+# PyTorch"). They only affect the CPU backend.
 CPU_XLA_FLAGS: tuple[str, ...] = (
-    "--xla_cpu_experimental_ynn_fusion_type=",
+    "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
     "--xla_cpu_experimental_xnn_fusion_type=",
 )
 
