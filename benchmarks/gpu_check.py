@@ -15,7 +15,7 @@ train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, plu
           allocator's peak (GPU/TPU).
 hotpaths  each per-backend hot path beside its alternatives (`vqlatent.backend`): the upsampling
           layer (per-phase sub-pixel, 3x3 sub-pixel, `nn.ConvTranspose`), and the quantizer's nearest-code
-          search, EMA statistics and distance precision (`quantizer_bench.time_hot_paths`, when present).
+          search, EMA statistics and distance precision (`quantizer_hotpaths_bench.time_hot_paths`).
 sampling  the PixelCNN samplers, cached against plain, at 32x32 and 64x64 code maps (the codes of the
           two are checked equal where the plain one runs).
 
@@ -51,6 +51,7 @@ TEST_FILES = (
     "tests/test_nets.py",
     "tests/test_quantizers.py",
     "tests/test_quantizer_variants.py",
+    "tests/test_quantizer_hotpaths.py",
     "tests/test_scale.py",
 )
 # The smallest shapes of each train row (smoke mode): the row's model with tiny inputs.
@@ -93,7 +94,7 @@ def run_tests(env, smoke: bool, log_dir: str) -> dict:
             "no:cacheprovider",
             "tests/test_nets.py",
             "-k",
-            "depth",
+            "auto_upsampling",
         ]
     code, out, wall = run_all._run(cmd, os.path.join(log_dir, "tests.log"), env)  # pylint: disable=protected-access
     summary = [
@@ -142,15 +143,15 @@ def run_hotpaths(env, smoke: bool, log_dir: str) -> dict:
     if code != 0:
         out["upsample"]["error"] = text[-2000:]
     quantizer_code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import quantizer_bench as q; "
-        f"print('JSON' + json.dumps(q.time_hot_paths(smoke={smoke})))"
+        "import json, sys; sys.path.insert(0, 'benchmarks'); import quantizer_hotpaths_bench as q; "
+        f"rows = q.time_hot_paths({'shapes=((256, 16),), dim=8, repeats=1' if smoke else ''}); "
+        "print('JSON' + json.dumps(rows)); print(q.format_table(rows))"
     )
     cmd = [sys.executable, "-c", quantizer_code]
     code, text, _ = run_all._run(cmd, os.path.join(log_dir, "quantizer_hotpaths.log"), env)  # pylint: disable=protected-access
     if code == 0:
-        out["quantizer"] = json.loads([line for line in text.splitlines() if line.startswith("JSON")][-1][4:])
-    elif "time_hot_paths" in text and "AttributeError" in text:
-        out["quantizer"] = "skipped: quantizer_bench.time_hot_paths is not there"
+        rows = json.loads([line for line in text.splitlines() if line.startswith("JSON")][-1][4:])
+        out["quantizer"] = {"exit_code": 0, "rows": rows, "table": run_all._tables(text)}  # pylint: disable=protected-access
     else:
         out["quantizer"] = {"exit_code": code, "error": text[-2000:]}
     return out
@@ -219,15 +220,11 @@ def markdown(report: dict) -> str:
             h["upsample"].get("table", "–"),
             "",
         ]
-        q = h.get("quantizer")
-        if isinstance(q, list):
-            lines += ["Quantizer hot paths:\n", "| what | form | shape | ms |", "|---|---|---|---|"]
-            lines += [
-                f"| {r.get('what')} | {r.get('form')} | {r.get('shape')} | {_fmt(r.get('ms'), 3)} |"
-                for r in q
-            ]
-        else:
-            lines.append(f"Quantizer hot paths: {q}")
+        q = h.get("quantizer", {})
+        lines += [
+            "Quantizer hot paths (`quantizer_hotpaths_bench.time_hot_paths`):\n",
+            q.get("table") or f"failed: {q}",
+        ]
         lines.append("")
     if "sampling" in report:
         s = report["sampling"]
@@ -313,8 +310,9 @@ def main(argv=None) -> int:
             report["failed_stages"].append("train")
     if "hotpaths" in only:
         report["hotpaths"] = run_hotpaths(env, args.smoke, log_dir)
-        if report["hotpaths"]["upsample"]["exit_code"] != 0 or (
-            isinstance(report["hotpaths"].get("quantizer"), dict)
+        if (
+            report["hotpaths"]["upsample"]["exit_code"] != 0
+            or report["hotpaths"]["quantizer"]["exit_code"] != 0
         ):
             report["failed_stages"].append("hotpaths")
     if "sampling" in only:

@@ -33,6 +33,9 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_its_report(tmp_path):
     for r in rows:
         assert r["jax_ms"] > 0 and r["compile_s"] > 0 and r["xla_memory_mib"] > 0
     assert "| smoke |" in report["hotpaths"]["upsample"]["table"]
+    quantizer_rows = report["hotpaths"]["quantizer"]["rows"]
+    assert {r["section"] for r in quantizer_rows} >= {"argmin", "ema_statistics"}
+    assert all(r["median_ms"] > 0 for r in quantizer_rows)
     sampling = report["sampling"]["rows"]
     assert sampling and all(r["codes_equal"] for r in sampling)  # Cached sampler == plain sampler.
     markdown = (tmp_path / "gpu_check.md").read_text()

@@ -205,7 +205,8 @@ def _task_and_batches(config, num_batches):
     spec = data_lib.get_spec(config.data)
     task = make_task(config, spec)
     it = data_lib.make_train_iterator(config.data, global_batch_size=config.batch_size, seed=0)
-    return task, [next(it) for _ in range(num_batches)]
+    # Model inputs (float32 images in [0, 1]), as the loop hands them to the task inside its jit.
+    return task, [jax.device_get(to_model_input(next(it))) for _ in range(num_batches)]
 
 
 def test_information_term_reaches_the_generator_through_q(data_dir):

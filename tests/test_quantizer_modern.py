@@ -397,5 +397,5 @@ def test_vqvae_task_trains_and_evaluates_with_a_new_quantizer(quantizer):
         chex.assert_trees_all_equal(new_state.model_state["simvq"], state.model_state["simvq"])
     totals = jax.device_get(jax.jit(task.eval_step)(new_state, {**batch, "mask": np.ones((16,), np.float32)}))
     summary = task.eval_summary(totals)
-    assert summary["codes_used"] + summary["dead_codes"] == task.num_codes == 16
+    assert summary["codes_used"] + summary["dead_codes"] == task.num_codes["top"] == 16
     assert sum(summary["code_counts"]) == 16 * 4 * 4

@@ -18,7 +18,7 @@ from vqlatent.evaluation import sample_quality as sq
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 from vqlatent.priors import check_sampling_inputs, generate, sampling
 from vqlatent.priors import data as codes_data
-from vqlatent.trainers import loop
+from vqlatent.trainers import base, loop
 from vqlatent.trainers.classifier import random_shift
 from vqlatent.utils import workdir as workdir_lib
 
@@ -254,7 +254,8 @@ def test_workdir_helper_restores_what_the_runner_restores_without_a_pass_over_th
             m.setattr(data_lib, "estimate_pixel_variance", no_data_pass)
             run = workdir_lib.load(path)
             state, step = run.restore()
-        assert step == expected_step and type(run.task).__module__.endswith(run.config.model_name)
+        module = base.ALIASES.get(run.config.model_name, run.config.model_name)
+        assert step == expected_step and type(run.task).__module__.endswith(module)
         assert jax.tree.structure(state) == jax.tree.structure(expected)
         for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(expected)):
             assert got.dtype == want.dtype

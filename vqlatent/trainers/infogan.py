@@ -159,7 +159,7 @@ class Task(base.Task):
                 "fraction of sweeps that keep the digit class (train configs/classifier.py:mnist)."
             )
             return None
-        from vqlatent.trainers.pixelcnn import load_classifier  # pylint: disable=g-import-not-at-top
+        from vqlatent.evaluation.sample_eval import load_classifier  # pylint: disable=g-import-not-at-top
 
         try:
             runner, state = load_classifier(workdir)
