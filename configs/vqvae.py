@@ -16,6 +16,10 @@ NAME is a preset of `vqlatent.configs.QUANTIZER_PRESETS` (default vq_ema):
   residual_vq     4 residual stages of K codes (k-means init, restarts)
   product_vq      4 groups of D/4 channels, K codes each (k-means, restarts)
   fsq             finite scalar quantisation, levels for K (8,8,8 for 512)
+  lfq, bsq        lookup-free / binary spherical quantisation, log2(K) bits (+ entropy penalty)
+  simvq           frozen random codebook times one learned linear map
+  residual_fsq, residual_lfq   2 residual FSQ / LFQ stages with quantize dropout
+  vq_ema_stochastic, vq_ema_entropy   stochastic code selection / entropy regulariser
 Any field can then be overridden, e.g. `--config.quantizer.num_embeddings=256`
 (residual VQ: codes per stage), `--config.quantizer.chunk_size=4096`.
 
