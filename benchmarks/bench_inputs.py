@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vqlatent.codes.layout import LevelSpec, code_key
-from vqlatent.data.pipeline import DatasetSpec
+from vqlatent.data.sources import DatasetSpec
 from vqlatent.nets.autoencoder import level_names, level_shapes
 from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task

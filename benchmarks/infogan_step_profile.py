@@ -42,7 +42,7 @@ import bench_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vqlatent import data as data_lib  # pylint: disable=wrong-import-position
 from vqlatent import infogan as ig  # pylint: disable=wrong-import-position
 from vqlatent.data.device import to_model_input  # pylint: disable=wrong-import-position
-from vqlatent.data.pipeline import DatasetSpec  # pylint: disable=wrong-import-position
+from vqlatent.data.sources import DatasetSpec  # pylint: disable=wrong-import-position
 from vqlatent.trainers.base import make_task  # pylint: disable=wrong-import-position
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "infogan.py")

@@ -19,7 +19,7 @@ import pytest
 from helpers import load_config
 
 from vqlatent import infogan as ig
-from vqlatent.data.pipeline import DatasetSpec
+from vqlatent.data.sources import DatasetSpec
 from vqlatent.infogan import invariance
 from vqlatent.trainers.base import make_task
 

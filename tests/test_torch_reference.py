@@ -19,7 +19,7 @@ import pytest
 from helpers import load_config
 
 from vqlatent.codes.layout import LevelSpec
-from vqlatent.data.pipeline import DatasetSpec
+from vqlatent.data.sources import DatasetSpec
 from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task
 

@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from vqlatent import quantizers
-from vqlatent.data import pipeline as data_pipeline
+from vqlatent.data.sources import default_config as default_data_config
 from vqlatent.trainers.optim import default_optimizer_config
 from vqlatent.utils import compilation_cache
 
@@ -113,7 +113,7 @@ def quantizer_config(
 
 
 def data_config(name: str, **overrides: Any) -> ml_collections.ConfigDict:
-    cfg = data_pipeline.default_config()
+    cfg = default_data_config()
     cfg.name = name
     for key, value in overrides.items():
         cfg[key] = value
