@@ -12,7 +12,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from vqlatent import data
-from vqlatent.data import image_folder, preprocess
+from vqlatent.data import image_folder, image_folder_prepare, preprocess
 
 SOURCE_HW = (24, 32)  # Upscaled digits: centre-cropped to 24x24, then resized.
 
@@ -95,7 +95,7 @@ def test_train_and_test_subfolders_and_flat_folders(tmp_path):
 
 
 def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    monkeypatch.setattr(image_folder, "EXAMPLES_PER_SHARD", 16)
+    monkeypatch.setattr(image_folder_prepare, "EXAMPLES_PER_SHARD", 16)
     _write_folder(tmp_path / "in", n=70)
     cfg = _cfg(tmp_path / "in", tmp_path / "out", image_size=8)
     directory = image_folder.prepare(cfg)
@@ -105,7 +105,9 @@ def test_a_killed_preparation_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     # A run killed while writing the 4th train shard: no manifest, a temporary file, later shards missing.
     os.remove(os.path.join(directory, "manifest.json"))
     for name in shards[3:]:
-        os.rename(os.path.join(directory, name), os.path.join(directory, image_folder.TEMP_PREFIX + name))
+        os.rename(
+            os.path.join(directory, name), os.path.join(directory, image_folder_prepare.TEMP_PREFIX + name)
+        )
         os.remove(os.path.join(directory, name + ".json"))
     kept = {n: os.stat(os.path.join(directory, n)).st_mtime_ns for n in shards[:3]}
     assert image_folder.prepare(cfg) == directory

@@ -1,12 +1,13 @@
 """Data layer: datasets found by name, read through grain, batched as uint8.
 
-  sources.py       the registry of dataset names, `DatasetSpec`, the errors, `default_config`
-  tfds_sources.py  TFDS datasets: the project builders (builders/) and the catalog
-  image_folder.py  a folder of your own images, prepared once into array_record
-  preprocess.py    records -> uint8 image batches (target size, centre crop-resize)
-  batching.py      the train iterator and the padded eval batches every dataset shares
-  device.py        uint8 -> float32 [0, 1] inside the jitted step
-  prepare.py       `python -m vqlatent.data.prepare`: prepare a dataset ahead of training
+  sources.py               the registry of dataset names, `DatasetSpec`, the errors, `default_config`
+  tfds_sources.py          TFDS datasets: the project builders (builders/) and the catalog
+  image_folder.py          a folder of your own images, prepared once into array_record
+  image_folder_prepare.py  its preparation: PIL decode, checks, resize, atomic array_record shards
+  preprocess.py            records -> uint8 image batches (target size, centre crop-resize)
+  batching.py              the train iterator and the padded eval batches every dataset shares
+  device.py                uint8 -> float32 [0, 1] inside the jitted step
+  prepare.py               `python -m vqlatent.data.prepare`: prepare a dataset ahead of training
 
 The codes dataset of the priors (`name='codes'`) is registered in `sources` and
 lives in `vqlatent.codes.dataset`.

@@ -12,387 +12,43 @@ The held-out images are a fixed function of the sorted file list: a permutation
 with seed 0, whose first round(n * eval_fraction) images are 'test'. Both splits
 are stored in that permuted order (so `eval_num_examples` takes a class-mixed prefix).
 
-Preparation runs once, on first use (or ahead of time with `python -m
-vqlatent.data.prepare --dataset=image_folder --folder=DIR --image_size=S`): every
-image is decoded with PIL, converted to `data.channels` (None: all images must
-agree), centre-cropped and resized to `data.image_size` (None: all images must have
-one size) with `preprocess.center_crop_resize`, and stored losslessly as PNG in
-array_record shards under `<data_dir>/image_folder/<folder name>-<hash>/`. Every
-header is checked before anything is written, so a folder that cannot work (empty,
-mixed channel counts or sizes, images smaller than the target) fails at once with
-what to change. Files PIL cannot read are skipped: each is logged with PIL's reason
-and listed in `manifest.json`. Each shard is written under a temporary name and
-renamed when complete, the manifest last; a killed preparation resumes at its
-first missing shard. Reading goes through grain like every other dataset.
+Preparation runs once, on first use (or ahead of time with `python -m vqlatent.data.prepare
+--dataset=image_folder --folder=DIR --image_size=S`): `vqlatent.data.image_folder_prepare`
+decodes, checks, centre-crops and resizes every image into array_record shards under
+`<data_dir>/image_folder/<folder name>-<hash>/`, which are then read here through grain
+like every other dataset.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import hashlib
 import io
-import json
-import logging
 import os
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
-import tqdm
-from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from vqlatent.data import preprocess
+from vqlatent.data.image_folder_prepare import (
+    MANIFEST,
+    RECORD_HEADER,
+    SPLITS,
+    prepare,
+    prepared_dir,
+    read_json,
+    shard_files,
+)
 from vqlatent.data.sources import DataError, DatasetSpec, cfg_value
-from vqlatent.data.tfds_sources import file_lock
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-SPLITS = ("train", "test")
-FORMAT_VERSION = 1
-EXAMPLES_PER_SHARD = 1000
-MANIFEST = "manifest.json"
-PLAN = "plan.json"
-TEMP_PREFIX = ".tmp-"
-CHANNEL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-_HEADER = struct.Struct("<i")  # Each record: int32 label, then the PNG bytes.
-
-
-def _native_mode(image: Image.Image) -> str:
-    """The 8-bit mode an image is read as (its channel count), or DataError for unsupported pixels."""
-    mode = image.mode
-    if mode in ("L", "LA", "RGB", "RGBA"):
-        return mode
-    if mode == "1":
-        return "L"
-    if mode == "P":
-        return "RGBA" if "transparency" in image.info else "RGB"
-    if mode == "PA":
-        return "RGBA"
-    if mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-        return "RGB"
-    raise DataError(f"pixel mode {mode!r} (16-bit or float) is not supported: convert it to 8-bit")
-
-
-def _list_images(root: str) -> tuple[list[str], list[str]]:
-    """(image paths relative to root, sorted; other files), skipping hidden names."""
-    images, others = [], []
-    for directory, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.startswith("."):
-                continue
-            rel = os.path.relpath(os.path.join(directory, name), root)
-            (images if name.lower().endswith(EXTENSIONS) else others).append(rel)
-    return sorted(images), others
-
-
-def _labelled(root: str, what: str, labelled: bool) -> tuple[list[str], list[str] | None]:
-    """Images under `root` and their class names (None without labels, or when all are directly in `root`)."""
-    images, others = _list_images(root)
-    if not images:
-        hint = f" (found {len(others)} other files, e.g. {others[0]})" if others else ""
-        raise DataError(
-            f"No images in {what} {root}{hint}: put {', '.join(EXTENSIONS)} files there, directly "
-            "or in one subfolder per class."
-        )
-    if not labelled:
-        return images, None
-    flat = [p for p in images if os.sep not in p]
-    if flat and len(flat) < len(images):
-        nested = next(p for p in images if os.sep in p)
-        raise DataError(
-            f"{what} {root} mixes images at its top level ({len(flat)}, e.g. {flat[0]}) with images in "
-            f"subfolders ({len(images) - len(flat)}, e.g. {nested}): put all of them in one subfolder per "
-            "class (labels), or none in subfolders (no labels), or set --config.data.label_key=None to "
-            "take every image under it without labels."
-        )
-    return images, (None if flat else sorted({p.split(os.sep)[0] for p in images}))
-
-
-def scan(folder: str, eval_fraction: float, labelled: bool = True) -> dict[str, Any]:
-    """The split plan of `folder`: {'classes': names or None, 'splits': {split: [[path, label], ...]}}.
-
-    With `labelled=False` (`data.label_key=None`), subfolders are not classes: every
-    image under the folder (or under train/ and test/) is taken, with label 0.
-    """
-    if not folder or not os.path.isdir(folder):
-        raise DataError(f"config.data.folder={folder!r} is not a directory (set --config.data.folder=DIR).")
-    top = {d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))}
-    if set(SPLITS) <= top:
-        listed = {s: _labelled(os.path.join(folder, s), "split folder", labelled) for s in SPLITS}
-        classes = listed["train"][1]
-        if (classes is None) != (listed["test"][1] is None) or not set(listed["test"][1] or []) <= set(
-            classes or []
-        ):
-            raise DataError(
-                f"{folder}/test has classes {listed['test'][1]}, {folder}/train has {classes}: the test "
-                "classes must be train classes (or neither split uses class subfolders)."
-            )
-        plan = {s: [os.path.join(s, p) for p in listed[s][0]] for s in SPLITS}
-    else:
-        if not 0.0 <= eval_fraction < 1.0:
-            raise DataError(f"config.data.eval_fraction={eval_fraction}: must be in [0, 1).")
-        images, classes = _labelled(folder, "folder", labelled)
-        order = np.random.default_rng(0).permutation(len(images))
-        num_test = int(round(len(images) * eval_fraction))
-        plan = {
-            "test": [images[i] for i in order[:num_test]],
-            "train": [images[i] for i in order[num_test:]],
-        }
-    index = {c: i for i, c in enumerate(classes or [])}
-
-    def label(path: str) -> int:
-        parts = path.split(os.sep)
-        parts = parts[1:] if parts[0] in SPLITS and set(SPLITS) <= top else parts
-        return index[parts[0]] if classes else 0
-
-    return {"classes": classes, "splits": {s: [[p, label(p)] for p in plan[s]] for s in SPLITS}}
-
-
-def _probe(path: str) -> tuple[tuple[int, int], str] | str:
-    """((height, width), mode) from the header, or the reason PIL cannot read the file."""
-    try:
-        with Image.open(path) as image:
-            return (image.height, image.width), _native_mode(image)
-    except (OSError, ValueError, DataError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
-
-
-def _check(folder: str, files: Sequence[str], data_cfg: Any, workers: int):
-    """Headers of every image -> (target (H, W, C), {path: reason} of unreadable files)."""
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        probes = list(
-            tqdm.tqdm(
-                pool.map(_probe, [os.path.join(folder, f) for f in files]),
-                total=len(files),
-                desc=f"Checking {folder}",
-                unit="image",
-                disable=len(files) < 1000,
-            )
-        )
-    bad = {f: p for f, p in zip(files, probes) if isinstance(p, str)}
-    good = [(f, p) for f, p in zip(files, probes) if not isinstance(p, str)]
-    if not good:
-        first = next(iter(bad.items()))
-        raise DataError(
-            f"None of the {len(files)} images in {folder} can be read, e.g. {first[0]}: {first[1]}."
-        )
-    channels = cfg_value(data_cfg, "channels")
-    if channels is None:
-        by_channels: dict[int, list[str]] = {}
-        for f, (_, mode) in good:
-            by_channels.setdefault(len(mode), []).append(f)
-        if len(by_channels) > 1:
-            counts = ", ".join(
-                f"{len(v)} with {c} ({CHANNEL_MODES[c]}, e.g. {v[0]})" for c, v in by_channels.items()
-            )
-            raise DataError(
-                f"Images in {folder} have mixed channel counts: {counts}. Set --config.data.channels=3 "
-                "(or 1, 4) to convert every image to that many channels."
-            )
-        channels = next(iter(by_channels))
-    elif channels not in CHANNEL_MODES:
-        raise DataError(f"config.data.channels={channels}: must be None, 1, 2, 3 or 4.")
-    hw = preprocess.target_hw(cfg_value(data_cfg, "image_size"))
-    if hw is None:
-        sizes = {size: f for f, (size, _) in good}
-        if len(sizes) > 1:
-            (s1, f1), (s2, f2) = list(sizes.items())[:2]
-            raise DataError(
-                f"Images in {folder} have different sizes (e.g. {f1} {s1[0]}x{s1[1]}, {f2} {s2[0]}x{s2[1]}): "
-                "set --config.data.image_size=S (or (H, W)) to centre-crop and resize them."
-            )
-        hw = next(iter(sizes))
-    small = [(f, size) for f, (size, _) in good if size[0] < hw[0] or size[1] < hw[1]]
-    if small:
-        f, (h, w) = small[0]
-        raise DataError(
-            f"{len(small)} images in {folder} are smaller than the target size {hw[0]}x{hw[1]}, e.g. {f} "
-            f"({h}x{w}): remove them, or set --config.data.image_size= to at most their size."
-        )
-    return (hw[0], hw[1], int(channels)), bad
-
-
-def _encode(path: str, shape: tuple[int, int, int]) -> bytes | str:
-    """The file as PNG bytes of `shape` (its own bytes when it already is one), or why it cannot be."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = CHANNEL_MODES[shape[2]]
-            native = _native_mode(image)
-            if image.format == "PNG" and image.mode == mode == native and image.size == shape[1::-1]:
-                with open(path, "rb") as f:
-                    return f.read()
-            pixels = np.asarray(image.convert(native).convert(mode)).reshape(image.height, image.width, -1)
-    except (OSError, ValueError, DataError, Image.DecompressionBombError) as e:
-        return f"{type(e).__name__}: {e}"
-    pixels = preprocess.center_crop_resize(pixels, shape[:2])
-    out = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if shape[2] == 1 else pixels, mode).save(
-        out, format="PNG", compress_level=1
-    )
-    return out.getvalue()
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = os.path.join(os.path.dirname(path), TEMP_PREFIX + os.path.basename(path))
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def shard_name(split: str, k: int, n: int) -> str:
-    return f"{split}.array_record-{k:05d}-of-{n:05d}"
-
-
-def _write_shards(folder: str, directory: str, plan: dict[str, Any], shape, workers: int) -> list[list[str]]:
-    """Writes the missing shards of every split; returns [path, reason] of the files skipped."""
-    jobs = []
-    for split, items in plan["splits"].items():
-        n = max(1, -(-len(items) // EXAMPLES_PER_SHARD))
-        jobs += [
-            (split, k, n, items[k * EXAMPLES_PER_SHARD : (k + 1) * EXAMPLES_PER_SHARD]) for k in range(n)
-        ]
-    done = [j for j in jobs if os.path.exists(os.path.join(directory, shard_name(*j[:3])))]
-    skipped = []
-    bar = tqdm.tqdm(
-        total=sum(len(j[3]) for j in jobs),
-        initial=sum(len(j[3]) for j in done),
-        desc=f"Preparing {folder}",
-        unit="image",
-    )
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for split, k, n, items in jobs:
-            name = shard_name(split, k, n)
-            path = os.path.join(directory, name)
-            if os.path.exists(path):
-                skipped += _read_json(path + ".json")["skipped"]
-                continue
-            tmp = os.path.join(directory, TEMP_PREFIX + name)
-            writer = ArrayRecordWriter(tmp, "group_size:1")
-            shard_skipped = []
-            encoded = pool.map(lambda item: _encode(os.path.join(folder, item[0]), shape), items)
-            for (rel, label), record in zip(items, encoded):
-                if isinstance(record, str):
-                    logging.warning("Skipping %s: %s", os.path.join(folder, rel), record)
-                    shard_skipped.append([rel, record])
-                else:
-                    writer.write(_HEADER.pack(label) + record)
-                bar.update(1)
-            writer.close()
-            _write_json(
-                path + ".json", {"num_examples": len(items) - len(shard_skipped), "skipped": shard_skipped}
-            )
-            os.replace(tmp, path)
-            skipped += shard_skipped
-    bar.close()
-    return skipped
-
-
-def _labels(data_cfg: Any) -> bool:
-    """Whether class subfolders are labels (`data.label_key` not None or '')."""
-    return bool(data_cfg.get("label_key", "label"))
-
-
-def prepared_dir(data_cfg: Any) -> str:
-    """Where the folder is prepared: <data_dir>/image_folder/<name>-<hash of folder, size, channels, split>."""
-    folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
-    data_dir = cfg_value(data_cfg, "data_dir") or os.environ.get(
-        "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
-    )
-    key = [FORMAT_VERSION, folder, preprocess.target_hw(cfg_value(data_cfg, "image_size"))]
-    key += [cfg_value(data_cfg, "channels"), float(cfg_value(data_cfg, "eval_fraction", 0.05))]
-    key += [_labels(data_cfg)]
-    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:10]
-    return os.path.join(os.path.expanduser(data_dir), "image_folder", f"{os.path.basename(folder)}-{digest}")
-
-
-def prepare(data_cfg: Any) -> str:
-    """Prepares (or finishes preparing) `data_cfg.folder`; returns the prepared directory."""
-    folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
-    directory = prepared_dir(data_cfg)
-    listing = scan(folder, float(cfg_value(data_cfg, "eval_fraction", 0.05)), _labels(data_cfg))
-    plan_path, manifest_path = os.path.join(directory, PLAN), os.path.join(directory, MANIFEST)
-
-    def ready() -> bool:
-        """Whether the folder is prepared (then read-only: no lock, no writes), refusing a changed folder."""
-        if not os.path.exists(manifest_path):
-            return False
-        then = _read_json(plan_path)["listing"]
-        if then != listing:
-            raise DataError(
-                f"{folder} changed since it was prepared in {directory} ({_count(listing)} images now, "
-                f"{_count(then)} then): delete {directory} to prepare it again."
-            )
-        return True
-
-    if ready():
-        return directory
-    os.makedirs(directory, exist_ok=True)
-    with file_lock(os.path.join(directory, ".prepare.lock")):
-        if ready():  # Another process finished it while this one waited for the lock.
-            return directory
-        old = _read_json(plan_path) if os.path.exists(plan_path) else None
-        workers = max(1, int(cfg_value(data_cfg, "num_workers", 4)))
-        files = sorted(path for items in listing["splits"].values() for path, _ in items)
-        shape, unreadable = _check(folder, files, data_cfg, workers)
-        for rel, reason in list(unreadable.items())[:20]:
-            logging.warning("Skipping %s: %s", os.path.join(folder, rel), reason)
-        plan = {
-            "format_version": FORMAT_VERSION,
-            "folder": folder,
-            "image_shape": list(shape),
-            "classes": listing["classes"],
-            "splits": {s: [x for x in v if x[0] not in unreadable] for s, v in listing["splits"].items()},
-            "listing": listing,
-        }
-        if old is not None and old != plan:  # Shards of another plan (the folder changed): start over.
-            for name in os.listdir(directory):
-                if ".array_record-" in name:
-                    os.remove(os.path.join(directory, name))
-        _write_json(plan_path, plan)
-        skipped = [[p, r] for p, r in unreadable.items()]
-        skipped += _write_shards(folder, directory, plan, shape, workers)
-        if skipped:
-            logging.warning(
-                "Skipped %d unreadable images of %s (listed in %s).", len(skipped), folder, manifest_path
-            )
-        counts = {
-            s: sum(
-                _read_json(os.path.join(directory, n + ".json"))["num_examples"]
-                for n in _shard_files(directory, s)
-            )
-            for s in SPLITS
-        }
-        manifest = {k: plan[k] for k in ("format_version", "folder", "image_shape", "classes")}
-        _write_json(manifest_path, {**manifest, "num_examples": counts, "skipped": skipped})
-    return directory
-
-
-def _count(listing: dict[str, Any]) -> int:
-    return sum(len(v) for v in listing["splits"].values())
-
-
-def _shard_files(directory: str, split: str) -> list[str]:
-    """The finished shards of `split`, in order."""
-    prefix = f"{split}.array_record-"
-    return sorted(n for n in os.listdir(directory) if n.startswith(prefix) and not n.endswith(".json"))
+__all__ = ["ImageFolderDataset", "ImageFolderSplit", "open_dataset", "prepare", "prepared_dir"]
 
 
 class ImageFolderSplit:
     """One prepared split: array_record records -> uint8 image batches (a `sources.Split`)."""
 
     def __init__(self, directory: str, split: str, shape: tuple[int, int, int]):
-        paths = [os.path.join(directory, n) for n in _shard_files(directory, split)]
+        paths = [os.path.join(directory, n) for n in shard_files(directory, split)]
         self._source = grain.sources.ArrayRecordDataSource(paths) if paths else []
         self._shape = shape
 
@@ -405,8 +61,8 @@ class ImageFolderSplit:
         images = np.empty((len(records), *self._shape), np.uint8)
         labels = np.empty((len(records),), np.int32)
         for i, record in enumerate(records):
-            (labels[i],) = _HEADER.unpack_from(record)
-            with Image.open(io.BytesIO(record[_HEADER.size :])) as image:
+            (labels[i],) = RECORD_HEADER.unpack_from(record)
+            with Image.open(io.BytesIO(record[RECORD_HEADER.size :])) as image:
                 images[i] = np.asarray(image).reshape(self._shape)
         return {"image": images, "label": labels}
 
@@ -416,7 +72,7 @@ class ImageFolderDataset:
 
     def __init__(self, data_cfg: Any):
         self.directory = prepare(data_cfg)
-        manifest = _read_json(os.path.join(self.directory, MANIFEST))
+        manifest = read_json(os.path.join(self.directory, MANIFEST))
         self.shape = tuple(manifest["image_shape"])
         counts = manifest["num_examples"]
         classes = manifest["classes"]
