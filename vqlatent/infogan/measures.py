@@ -29,11 +29,14 @@ add up over batches; `sweep_summary` turns them into the correlation and slope.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from vqlatent.infogan.latents import Latents, LatentSpec
+from vqlatent.infogan.traversal import sweep_latents
 
 MEASURES = ("slant", "width")
 _TINY = 1e-6
@@ -128,3 +131,49 @@ def class_kept(predictions: jax.Array) -> dict[str, jax.Array]:
         "kept": jnp.sum(jnp.all(predictions == predictions[:, :1], axis=1).astype(jnp.float32)),
         "agree": jnp.sum((predictions == middle).astype(jnp.float32)),
     }
+
+
+def code_measure_sums(
+    generate: Callable[[Latents], jax.Array],
+    spec: LatentSpec,
+    rng: jax.Array,
+    sweep: np.ndarray,
+    rows: int,
+    classify: Callable[[jax.Array], jax.Array] | None = None,
+) -> dict[str, jax.Array]:
+    """Slant and width along `rows` random sweeps of each continuous code over `sweep` (and, with
+    `classify`: images -> predicted classes, how many sweeps keep the class): the sums of
+    `sweep_statistics` (and `class_kept`) as 'cont<j>_<measure>_<sum>' (and 'cont<j>_class_<sum>')."""
+    sums = {}
+    for j in range(spec.num_continuous):  # The same rows for every code: one key.
+        images = generate(sweep_latents(rng, spec, j, sweep, rows))
+        for name, values in measure_images(images).items():
+            stats = sweep_statistics(jnp.asarray(sweep), values.reshape(rows, len(sweep)))
+            sums.update({f"cont{j}_{name}_{k}": v for k, v in stats.items()})
+        if classify is not None:
+            kept = class_kept(classify(images).reshape(rows, len(sweep)))
+            sums.update({f"cont{j}_class_{k}": v for k, v in kept.items()})
+    return sums
+
+
+def load_classifier(workdir: str, image_shape: Sequence[int]) -> Callable[[jax.Array], jax.Array]:
+    """images -> predicted classes of the project's classifier in `workdir` (`configs/classifier.py`),
+    for the class-keeping measure; a ValueError naming `traversal.classifier_workdir` when it is
+    not a classifier of `image_shape` images."""
+    from vqlatent.evaluation import sample_eval  # pylint: disable=g-import-not-at-top
+
+    try:
+        runner, state = sample_eval.load_classifier(workdir)
+    except ValueError as e:  # Its message names the prior's field; say which field it is here.
+        raise ValueError(f"traversal.classifier_workdir={workdir!r}: {e}") from e
+    if tuple(runner.spec.image_shape) != tuple(image_shape):
+        raise ValueError(
+            f"traversal.classifier_workdir={workdir!r} classifies {tuple(runner.spec.image_shape)} "
+            f"images, but this InfoGAN makes {tuple(image_shape)} images: train the "
+            f"classifier on this dataset."
+        )
+
+    def classify(images: jax.Array) -> jax.Array:
+        return jnp.argmax(runner.task.classify(state, images)["logits"], axis=-1)
+
+    return classify

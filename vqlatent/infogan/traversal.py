@@ -11,15 +11,21 @@ A traversal grid varies one code while holding everything else fixed:
     different draws of the noise and the other codes (Figure 2a).
 
 The latents are laid out row-major, so a stack of the generated images written
-with `num_values` (resp. `num_columns`) columns is the grid.
+with `num_values` (resp. `num_columns`) columns is the grid. `grid_latents` gives
+the latents of all grids of a run, `save_grid` writes one as PNG (a traversal with
+its measured slant and width under each column).
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlatent.evaluation import images as image_lib
 from vqlatent.infogan.latents import Latents, LatentSpec, LatentSpecError, require_codes, sample_latents
 
 
@@ -113,3 +119,45 @@ def annotate_columns(
             draw.text((padding + col * column_width + 2, h + 1 + i * line_height), text, fill=0)
     out = np.asarray(canvas)
     return out[..., None] if c == 1 else out
+
+
+def grid_latents(
+    rng: jax.Array, spec: LatentSpec, num_columns: int, low: float, high: float
+) -> dict[str, Latents]:
+    """The latents of a run's grids: samples per category of the first categorical code
+    ('samples_by_cat0'; 'samples' without one) and one traversal per continuous code
+    ('traversal_cont<j>', swept from `low` to `high`), each with `num_columns` columns."""
+    grids = {}
+    if spec.num_categorical:
+        grids["samples_by_cat0"] = category_latents(rng, spec, num_columns, code=0)
+    else:
+        grids["samples"] = sample_latents(rng, spec, 4 * num_columns)
+    sweep = sweep_values(low, high, num_columns)
+    for j in range(spec.num_continuous):  # Same rows in every traversal: one key.
+        grids[f"traversal_cont{j}"] = traversal_latents(rng, spec, j, sweep, row_code=0)
+    return grids
+
+
+def save_grid(
+    path: str,
+    stack: np.ndarray,
+    num_values: int,
+    measure: Callable[[np.ndarray], Mapping[str, jax.Array]] | None = None,
+) -> None:
+    """Writes the (N, H, W, C) images `stack` as a PNG grid of `num_values` columns to `path`.
+
+    With `measure` (`vqlatent.infogan.measures.measure_images`: images -> {'slant', 'width'}),
+    also `<path>_measured.png`, the grid with each column's mean slant and width under it, and
+    `<path>_measures.json`, the measures of every image as (rows, num_values) lists.
+    """
+    upscale = image_lib.auto_upscale(stack.shape[1])
+    grid = image_lib.make_grid(stack, num_cols=num_values, upscale=upscale)
+    if measure is not None:
+        measured = {k: np.asarray(v).reshape(-1, num_values) for k, v in measure(stack).items()}
+        means = {k: v.mean(axis=0) for k, v in measured.items()}
+        lines = [[f"{s:+.0f}deg" for s in means["slant"]], [f"w {x:.1f}" for x in means["width"]]]
+        annotated = annotate_columns(grid, lines, column_width=stack.shape[2] * upscale + 1)
+        image_lib.save_png(path.removesuffix(".png") + "_measured.png", annotated)
+        with open(path.removesuffix(".png") + "_measures.json", "w") as f:
+            json.dump({k: v.tolist() for k, v in measured.items()}, f)
+    image_lib.save_png(path, grid)

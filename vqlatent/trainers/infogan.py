@@ -36,27 +36,16 @@ L_I(G, Q) on G's samples — the paper's Figure 1 comparison, where Q is trained
 for a regular GAN without it affecting G. (Since Q reads features trained only
 for D, its bound may be looser than with a Q network of its own.)
 
-Evaluation (every `eval_every_steps` and `--mode=eval`):
-  * on generated samples (as many as eval examples): L_I and H(c) per code;
-  * on the real eval split: each categorical code's unsupervised accuracy — Q's
-    most likely category matched one-to-one to the labels (Hungarian) — with the
-    confusion matrix, assignment and purity;
-  * per continuous code, along random sweeps from traversal.low to traversal.high with the
-    rest fixed: the within-sweep correlation and slope of the digits' slant and width
-    (`vqlatent.infogan.measures`; per-value means too), and with `traversal.classifier_workdir`
-    the fraction of sweeps the project's classifier sees as one class;
-  * PNG grids: samples per category of the first categorical code, and one
-    traversal per continuous code (Figure 2: rows = categories, columns = the
-    code swept from traversal.low to traversal.high, noise fixed per row).
-`--mode=traverse` writes the grids with `traversal.num_values` columns
-(WORKDIR/images/<grid>_<num_values>cols_<step>.png), and for each traversal a copy with the mean
-slant and width of each column written under it (<grid>_..._measured.png) and the measures of
-every image (<grid>_..._measures.json).
+Evaluation (every `eval_every_steps` and `--mode=eval`): L_I per code on generated samples,
+each categorical code's unsupervised accuracy on the real eval split, the continuous codes'
+slant and width along sweeps, and PNG grids (Figure 2); what each figure is:
+`vqlatent.infogan.evaluation`. `--mode=traverse` writes the grids with `traversal.num_values`
+columns (WORKDIR/images/<grid>_<num_values>cols_<step>.png; `vqlatent.infogan.traversal.save_grid`).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -70,8 +59,7 @@ import optax
 from absl import logging
 
 from vqlatent import infogan as ig
-from vqlatent.evaluation import images as image_lib
-from vqlatent.infogan import invariance, measures
+from vqlatent.infogan import evaluation, invariance, measures, traversal
 from vqlatent.nets.infogan import (
     Discriminator,
     Generator,
@@ -85,13 +73,6 @@ from vqlatent.trainers.optim import make_optimizer
 
 NETS = ("generator", "discriminator")
 EVAL_SEED = 20160612  # Generated eval samples and grids use fixed keys: comparable across steps.
-
-
-def _images_checksum(images: jax.Array) -> jax.Array:
-    """A uint32 fingerprint of a batch's pixels (modular integer sum: the same on any mesh)."""
-    pixels = jnp.round(images * 255.0).astype(jnp.uint32).reshape(-1)
-    positions = jnp.arange(1, pixels.size + 1, dtype=jnp.uint32)
-    return jnp.sum(pixels * positions, dtype=jnp.uint32)
 
 
 class Task(base.Task):
@@ -149,7 +130,7 @@ class Task(base.Task):
         self.classifier = self._load_classifier(config.traversal.get("classifier_workdir", ""))
 
     def _load_classifier(self, workdir: str):
-        """(classify fn, state) of `traversal.classifier_workdir`, or None without one (the
+        """images -> classes of `traversal.classifier_workdir`, or None without one (the
         class-keeping measure of the continuous codes is then skipped, and the log says so)."""
         if not self.latent_spec.num_continuous or not self.config.traversal.get("measure_rows_per_batch", 0):
             return None
@@ -159,19 +140,7 @@ class Task(base.Task):
                 "fraction of sweeps that keep the digit class (train configs/classifier.py:mnist)."
             )
             return None
-        from vqlatent.evaluation.sample_eval import load_classifier  # pylint: disable=g-import-not-at-top
-
-        try:
-            runner, state = load_classifier(workdir)
-        except ValueError as e:  # Its message names the prior's field; say which field it is here.
-            raise ValueError(f"traversal.classifier_workdir={workdir!r}: {e}") from e
-        if tuple(runner.spec.image_shape) != tuple(self.spec.image_shape):
-            raise ValueError(
-                f"traversal.classifier_workdir={workdir!r} classifies {tuple(runner.spec.image_shape)} "
-                f"images, but this InfoGAN makes {tuple(self.spec.image_shape)} images: train the "
-                f"classifier on this dataset."
-            )
-        return runner.task.classify, state
+        return measures.load_classifier(workdir, self.spec.image_shape)
 
     # -- helpers -----------------------------------------------------------------
     def q_posterior(self, q_outputs: jax.Array) -> ig.Posterior:
@@ -344,7 +313,7 @@ class Task(base.Task):
                 sums[f"cat{i}_confusion"] = ig.confusion_matrix(predicted, labels, k, self.num_classes, mask)
         # As many generated samples as real ones; the batch's pixels seed them, so each
         # eval batch sees new latents and the evaluation is deterministic.
-        rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), _images_checksum(images))
+        rng = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), evaluation.images_checksum(images))
         latents = ig.sample_latents(rng, spec, images.shape[0])
         fake_out = self.discriminator.apply(d_variables, self.generate(state, latents), train=False)
         log_liks = ig.code_log_likelihoods(spec, self.q_posterior(fake_out["q_outputs"]), latents)
@@ -361,74 +330,18 @@ class Task(base.Task):
         if not self.latent_spec.num_continuous or rows <= 0:
             return {}
         sweep = ig.sweep_values(tcfg.low, tcfg.high, int(tcfg.get("measure_values", 9)))
-        sums = {}
-        for j in range(self.latent_spec.num_continuous):  # The same rows for every code: one key.
-            images = self.generate(state, ig.sweep_latents(rng, self.latent_spec, j, sweep, rows))
-            for name, values in measures.measure_images(images).items():
-                stats = measures.sweep_statistics(jnp.asarray(sweep), values.reshape(rows, len(sweep)))
-                sums.update({f"cont{j}_{name}_{k}": v for k, v in stats.items()})
-            if self.classifier is not None:
-                classify, classifier_state = self.classifier
-                predicted = jnp.argmax(classify(classifier_state, images)["logits"], axis=-1)
-                kept = measures.class_kept(predicted.reshape(rows, len(sweep)))
-                sums.update({f"cont{j}_class_{k}": v for k, v in kept.items()})
-        return sums
+        generate = functools.partial(self.generate, state)
+        return measures.code_measure_sums(generate, self.latent_spec, rng, sweep, rows, self.classifier)
 
     def eval_summary(self, totals: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        n = float(totals["num_examples"])
-        out: dict[str, Any] = {
-            "num_examples": int(n),
-            "d_real_prob": float(totals["d_real_prob"]) / n,
-            "d_fake_prob": float(totals["d_fake_prob"]) / n,
-        }
-        for name, entropy in self.entropies.items():
-            mean_ll = float(totals[f"{name}_log_likelihood"]) / n
-            out[f"{name}_mi_lower_bound"] = mean_ll + entropy
-            out[f"{name}_entropy"] = entropy
-        for j in range(self.latent_spec.num_continuous):
-            if f"cont{j}_slant_sxy" not in totals:
-                break
-            for name in measures.MEASURES:
-                stats = {
-                    k: totals[f"cont{j}_{name}_{k}"] for k in ("sxy", "sxx", "syy", "count", "column_sum")
-                }
-                summary = measures.sweep_summary(stats)
-                out[f"cont{j}_{name}_correlation"] = summary["correlation"]
-                out[f"cont{j}_{name}_slope"] = summary["slope"]
-                out[f"cont{j}_{name}_mean_per_value"] = summary["mean_per_value"]
-            if f"cont{j}_class_kept" in totals:
-                num_sweeps = float(totals[f"cont{j}_slant_count"])
-                num_values = len(out[f"cont{j}_slant_mean_per_value"])
-                out[f"cont{j}_class_kept_fraction"] = float(totals[f"cont{j}_class_kept"]) / num_sweeps
-                out[f"cont{j}_class_agreement"] = float(totals[f"cont{j}_class_agree"]) / (
-                    num_sweeps * num_values
-                )
-        for i in range(self.latent_spec.num_categorical):
-            counts = np.asarray(totals[f"cat{i}_counts"])
-            out[f"cat{i}_categories_used"] = int(np.count_nonzero(counts))
-            if self.num_classes:
-                confusion = np.asarray(totals[f"cat{i}_confusion"])
-                accuracy, assignment = ig.matched_accuracy(confusion)
-                out[f"cat{i}_accuracy"] = accuracy
-                out[f"cat{i}_error"] = 1.0 - accuracy
-                out[f"cat{i}_purity"] = ig.purity(confusion)
-                out[f"cat{i}_assignment"] = [assignment.get(k, -1) for k in range(confusion.shape[0])]
-                out[f"cat{i}_confusion"] = confusion.astype(np.int64).tolist()
-        return out
+        return evaluation.summarize(totals, self.latent_spec, self.entropies, self.num_classes)
 
     def _grid_latents(self, num_columns: int) -> dict[str, ig.Latents]:
         """The latents of the grids: samples per category and one traversal per continuous code."""
-        spec, tcfg = self.latent_spec, self.config.traversal
-        rng = jax.random.PRNGKey(EVAL_SEED)
-        grids = {}
-        if spec.num_categorical:
-            grids["samples_by_cat0"] = ig.category_latents(rng, spec, num_columns, code=0)
-        else:
-            grids["samples"] = ig.sample_latents(rng, spec, 4 * num_columns)
-        sweep = ig.sweep_values(tcfg.low, tcfg.high, num_columns)
-        for j in range(spec.num_continuous):  # Same rows in every traversal: one key.
-            grids[f"traversal_cont{j}"] = ig.traversal_latents(rng, spec, j, sweep, row_code=0)
-        return grids
+        tcfg = self.config.traversal
+        return traversal.grid_latents(
+            jax.random.PRNGKey(EVAL_SEED), self.latent_spec, num_columns, tcfg.low, tcfg.high
+        )
 
     def eval_images(self, state: base.TrainState, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
         """Grids of `GRID_COLUMNS` columns (the traversals sweep that many values)."""
@@ -454,18 +367,9 @@ class Task(base.Task):
         paths = {}
         for name, latents in grids.items():
             stack = np.asarray(jax.device_get(generate(state, latents)))
-            upscale = image_lib.auto_upscale(stack.shape[1])
-            grid = image_lib.make_grid(stack, num_cols=num_values, upscale=upscale)
             path = os.path.join(runner.workdir, "images", f"{name}_{num_values}cols_{step:08d}.png")
-            if name.startswith("traversal_"):  # Under each column: the mean slant and width.
-                measured = {k: np.asarray(v).reshape(-1, num_values) for k, v in measure(stack).items()}
-                means = {k: v.mean(axis=0) for k, v in measured.items()}
-                lines = [[f"{s:+.0f}deg" for s in means["slant"]], [f"w {x:.1f}" for x in means["width"]]]
-                annotated = ig.annotate_columns(grid, lines, column_width=stack.shape[2] * upscale + 1)
-                image_lib.save_png(path.removesuffix(".png") + "_measured.png", annotated)
-                with open(path.removesuffix(".png") + "_measures.json", "w") as f:
-                    json.dump({k: v.tolist() for k, v in measured.items()}, f)
-            image_lib.save_png(path, grid)
+            # A traversal gets the mean slant and width under each column.
+            traversal.save_grid(path, stack, num_values, measure if name.startswith("traversal_") else None)
             paths[name] = path
         logging.info(
             "traversal grids of step %d (%d values from %g to %g): %s",
