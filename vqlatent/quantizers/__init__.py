@@ -121,12 +121,10 @@ def register_quantizer(name: str, module_class: type[nn.Module]) -> None:
 
 
 def config_fields(module_class: type[nn.Module]) -> list[str]:
-    """The config keys a quantiser accepts (its fields minus parent/name)."""
-    return [
-        field.name
-        for field in dataclasses.fields(module_class)
-        if field.init and field.name not in _LINEN_FIELDS
-    ]
+    """The config keys a quantiser accepts (its fields minus parent/name): its positional fields
+    first, then the keyword-only ones (e.g. the EMA quantisers' shared fields of `base.EMAQuantizer`)."""
+    fields = [f for f in dataclasses.fields(module_class) if f.init and f.name not in _LINEN_FIELDS]
+    return [field.name for field in sorted(fields, key=lambda f: f.kw_only is True)]
 
 
 def make_quantizer(cfg: Any, *, module_name: str | None = None) -> nn.Module:

@@ -17,6 +17,7 @@ passes ``rngs={'quantizer': fold_in(state.rng, state.step)}`` so a resumed run d
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vqlatent.quantizers import ema, search
+from vqlatent.quantizers import ema, estimators, search
 
 Array = jax.Array
 Dtype = Any
@@ -92,6 +93,15 @@ def validate_hot_paths(module: Any) -> None:
     search.resolve_distance_precision(module.distance_precision)
     if hasattr(module, "ema_statistics"):
         ema.resolve_ema_statistics(module.ema_statistics, 1)
+
+
+def check_trailing_indices(indices: Array, count: int, owner: str, axis_name: str) -> Array:
+    """``indices`` as an array whose trailing axis holds ``count`` index streams (groups, stages),
+    or a clear error naming ``owner`` and ``axis_name``."""
+    indices = jnp.asarray(indices)
+    if indices.ndim == 0 or indices.shape[-1] != count:
+        raise ValueError(f"{owner} indices must end in the {count} {axis_name}; got shape {indices.shape}.")
+    return indices
 
 
 def uniform_codebook_init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
@@ -187,10 +197,38 @@ class Quantizer(nn.Module):
 class EMAQuantizer(Quantizer):
     """A quantiser whose codebooks are EMA-updated (appendix A.1), with k-means init and restarts.
 
-    Subclasses have the fields ``decay``, ``epsilon``, ``dead_code_threshold``, ``kmeans_init``,
-    ``kmeans_iterations``, ``chunk_size`` and the hot-path fields, and keep the variable dict of
-    `declare_ema_variables` as ``self.ema``.
+    The fields below are those every EMA quantiser shares, declared once here and keyword-only, so
+    that a subclass declares only its own (positional first: e.g. ``num_groups, num_embeddings,
+    embedding_dim``). Subclasses keep the variable dict of `declare_ema_variables` as ``self.ema``.
+
+    Attributes:
+      commitment_cost: beta of eq. (3) of van den Oord et al. (2017).
+      decay: EMA decay gamma in [0, 1).
+      epsilon: Laplace smoothing of the cluster sizes (> 0).
+      chunk_size: codes per chunk of the nearest-code search (None: unchunked; `search`).
+      dtype: dtype of ``quantize`` (None: the inputs').
+      gradient_estimator: ``'straight_through'`` or ``'rotation_trick'`` (`estimators`).
+      dead_code_threshold: restart codes used by fewer than this many inputs per batch (EMA); 0
+        disables restarts. Adds ``dead_codes`` (codes below the threshold) to the outputs.
+      kmeans_init: initialise the codebook by k-means on the first training batch.
+      kmeans_iterations: Lloyd iterations of that k-means.
+      argmin_form, distance_precision, ema_statistics: the per-backend hot paths (`search`, `ema`;
+        ``'auto'``: the backend's default, every form gives the same codes).
     """
+
+    _: dataclasses.KW_ONLY
+    commitment_cost: float = 0.25
+    decay: float = 0.99
+    epsilon: float = 1e-5
+    chunk_size: int | None = None
+    dtype: Dtype | None = None
+    gradient_estimator: str = estimators.STRAIGHT_THROUGH
+    dead_code_threshold: float = 0.0
+    kmeans_init: bool = False
+    kmeans_iterations: int = 10
+    argmin_form: str = "auto"
+    distance_precision: str = "auto"
+    ema_statistics: str = "auto"
 
     def declare_ema_variables(
         self, leading_shape: tuple[int, ...], num_codes: int, dim: int

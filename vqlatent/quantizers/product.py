@@ -17,8 +17,6 @@ the groups' terms). All groups are handled at once with ``jax.vmap``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 
@@ -39,35 +37,17 @@ class ProductVQ(base.EMAQuantizer):
       num_groups: G, must divide ``embedding_dim``.
       num_embeddings: codes per group K.
       embedding_dim: D.
-      commitment_cost: beta of eq. (3).
-      decay, epsilon: EMA decay and Laplace smoothing.
-      chunk_size: see `VectorQuantizer`.
-      dtype: dtype of ``quantize`` (None: the inputs').
       l2_normalize: cosine codes within each group.
-      gradient_estimator: ``'straight_through'`` or ``'rotation_trick'`` (the
-        rotation acts on each group's sub-vector).
-      dead_code_threshold, kmeans_init, kmeans_iterations: see
-        `VectorQuantizerEMA` (per group).
-      argmin_form, distance_precision, ema_statistics: the per-backend hot
-        paths (see `VectorQuantizerEMA`).
+      commitment_cost, decay, epsilon, chunk_size, dtype, gradient_estimator (the rotation acts
+        on each group's sub-vector), dead_code_threshold, kmeans_init, kmeans_iterations (per
+        group), argmin_form, distance_precision, ema_statistics: the EMA quantisers' shared
+        keyword-only fields (`base.EMAQuantizer`).
     """
 
     num_groups: int
     num_embeddings: int
     embedding_dim: int
-    commitment_cost: float = 0.25
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    chunk_size: int | None = None
-    dtype: Any | None = None
     l2_normalize: bool = False
-    gradient_estimator: str = estimators.STRAIGHT_THROUGH
-    dead_code_threshold: float = 0.0
-    kmeans_init: bool = False
-    kmeans_iterations: int = 10
-    argmin_form: str = "auto"
-    distance_precision: str = "auto"
-    ema_statistics: str = "auto"
 
     def __post_init__(self):
         base.validate_int_at_least_one("num_groups", self.num_groups)
@@ -169,11 +149,7 @@ class ProductVQ(base.EMAQuantizer):
 
     def lookup(self, indices: Array) -> Array:
         """``(..., G)`` indices -> the concatenated codes ``(..., D)``."""
-        indices = jnp.asarray(indices)
-        if indices.ndim == 0 or indices.shape[-1] != self.num_groups:
-            raise ValueError(
-                f"ProductVQ indices must end in the {self.num_groups} groups; got shape {indices.shape}."
-            )
+        indices = base.check_trailing_indices(indices, self.num_groups, "ProductVQ", "groups")
         codes = self.codes()
         vectors = jnp.stack(
             [jnp.take(codes[g], indices[..., g], axis=0) for g in range(self.num_groups)], axis=-2

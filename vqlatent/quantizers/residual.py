@@ -25,8 +25,6 @@ each stage's new codes from that stage's residuals.
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -53,17 +51,11 @@ class ResidualVQ(base.EMAQuantizer):
       num_stages: number of quantisers S (>= 1).
       num_embeddings: codes per stage K.
       embedding_dim: D.
-      commitment_cost: beta of eq. (3), applied to the sum of the stages'
-        commitment terms.
       shared_codebook: one codebook for all stages.
-      decay, epsilon: EMA decay and Laplace smoothing.
-      chunk_size: see `VectorQuantizer`.
-      dtype: dtype of ``quantize`` (None: the inputs').
-      gradient_estimator: ``'straight_through'`` or ``'rotation_trick'``.
-      dead_code_threshold, kmeans_init, kmeans_iterations: see
-        `VectorQuantizerEMA` (per stage).
-      argmin_form, distance_precision, ema_statistics: the per-backend hot
-        paths (see `VectorQuantizerEMA`).
+      commitment_cost (applied to the sum of the stages' commitment terms), decay, epsilon,
+        chunk_size, dtype, gradient_estimator, dead_code_threshold, kmeans_init,
+        kmeans_iterations (per stage), argmin_form, distance_precision, ema_statistics: the EMA
+        quantisers' shared keyword-only fields (`base.EMAQuantizer`).
       quantize_dropout: in training, only the first ``n ~ U{1..S}`` stages make
         ``quantize`` and the commitment loss (SoundStream section 3.3; the
         'quantizer' RNG); the EMA still updates every stage from its
@@ -73,19 +65,7 @@ class ResidualVQ(base.EMAQuantizer):
     num_stages: int
     num_embeddings: int
     embedding_dim: int
-    commitment_cost: float = 0.25
     shared_codebook: bool = False
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    chunk_size: int | None = None
-    dtype: Any | None = None
-    gradient_estimator: str = estimators.STRAIGHT_THROUGH
-    dead_code_threshold: float = 0.0
-    kmeans_init: bool = False
-    kmeans_iterations: int = 10
-    argmin_form: str = "auto"
-    distance_precision: str = "auto"
-    ema_statistics: str = "auto"
     quantize_dropout: bool = False
 
     def __post_init__(self):
@@ -239,11 +219,7 @@ class ResidualVQ(base.EMAQuantizer):
 
     def stage_codes(self, indices: Array) -> Array:
         """``(..., S)`` indices -> the stages' codes ``(..., S, D)`` (float32)."""
-        indices = jnp.asarray(indices)
-        if indices.ndim == 0 or indices.shape[-1] != self.num_stages:
-            raise ValueError(
-                f"ResidualVQ indices must end in the {self.num_stages} stages; got shape {indices.shape}."
-            )
+        indices = base.check_trailing_indices(indices, self.num_stages, "ResidualVQ", "stages")
         codebooks = self.ema[ema.CODEBOOK].value
         if self.shared_codebook:
             return jnp.take(codebooks, indices, axis=0)

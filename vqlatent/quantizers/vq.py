@@ -264,37 +264,21 @@ class VectorQuantizerEMA(CodebookVQ, base.EMAQuantizer):
     global batch, so replicated state stays identical across devices (and equal to one device).
 
     Attributes:
-      num_embeddings, embedding_dim, commitment_cost, chunk_size, dtype, codebook_dim,
-        gradient_estimator, argmin_form, distance_precision: see `VectorQuantizer` (the projections
-        are ``'params'``, trained by the commitment loss and the decoder's gradient).
+      num_embeddings, embedding_dim, codebook_dim, stochastic_temperature, entropy_weight,
+        entropy_temperature: see `VectorQuantizer` (the projections are ``'params'``, trained by
+        the commitment loss and the decoder's gradient).
       l2_normalize: see `VectorQuantizer`; the EMA averages unit vectors and the codes are
         re-normalised when used.
-      decay: EMA decay gamma in [0, 1).
-      epsilon: Laplace smoothing of the cluster sizes (> 0).
-      dead_code_threshold: restart codes used by fewer than this many inputs per batch (EMA); 0
-        disables restarts. Adds ``dead_codes`` (codes below the threshold, restarted when
-        training) to the outputs.
-      kmeans_init: initialise the codebook by k-means on the first training batch.
-      kmeans_iterations: Lloyd iterations of that k-means.
-      ema_statistics: ``'auto'``, ``'segment_sum'`` or ``'one_hot'`` (`ema`).
+      commitment_cost, decay, epsilon, chunk_size, dtype, gradient_estimator, dead_code_threshold
+        (restarted when training), kmeans_init, kmeans_iterations, argmin_form, distance_precision,
+        ema_statistics (``'auto'``, ``'segment_sum'`` or ``'one_hot'``): the EMA quantisers' shared
+        keyword-only fields (`base.EMAQuantizer`).
     """
 
     num_embeddings: int
     embedding_dim: int
-    commitment_cost: float = 0.25
-    decay: float = 0.99
-    epsilon: float = 1e-5
-    chunk_size: int | None = None
-    dtype: Dtype | None = None
     codebook_dim: int | None = None
     l2_normalize: bool = False
-    gradient_estimator: str = estimators.STRAIGHT_THROUGH
-    dead_code_threshold: float = 0.0
-    kmeans_init: bool = False
-    kmeans_iterations: int = 10
-    argmin_form: str = "auto"
-    distance_precision: str = "auto"
-    ema_statistics: str = "auto"
     stochastic_temperature: float | None = None
     entropy_weight: float = 0.0
     entropy_temperature: float = 0.01
