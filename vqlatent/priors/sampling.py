@@ -91,6 +91,23 @@ def check_sampling_inputs(
             )
 
 
+def _prepare(
+    model: GatedPixelCNN, shape: Any, batch_size: Any, labels: Any, cond_codes: Any, temperature: Any
+) -> tuple[tuple[int, ...], int, jax.Array | None, jax.Array | None, jax.Array]:
+    """Checks the inputs of a sampler (`check_sampling_inputs`) and puts them in the form both
+    jitted samplers take: static (shape, batch_size), int32 labels and conditioning codes (or
+    None) and a float32 temperature."""
+    shape = tuple(int(s) for s in shape)
+    check_sampling_inputs(model, shape, batch_size, labels, cond_codes, temperature)
+    return (
+        shape,
+        int(batch_size),
+        None if labels is None else jnp.asarray(labels, jnp.int32),
+        None if cond_codes is None else jnp.asarray(cond_codes, jnp.int32),
+        jnp.float32(temperature),
+    )
+
+
 def _categorical(rng: jax.Array, position: jax.Array, logits: jax.Array, temperature: jax.Array) -> jax.Array:
     """The draw both samplers share: Gumbel-max on logits / T with key fold_in(rng, position)."""
     return jax.random.categorical(jax.random.fold_in(rng, position), logits / temperature, axis=-1)
@@ -122,18 +139,10 @@ def sample_codes(
     temperature: float = 1.0,
 ) -> jax.Array:
     """Reference sampler: (B, H, W) int32 codes, rerunning the full network per position."""
-    shape = tuple(int(s) for s in shape)
-    check_sampling_inputs(model, shape, batch_size, labels, cond_codes, temperature)
-    return _sample_plain(
-        model,
-        shape,
-        int(batch_size),
-        variables,
-        rng,
-        None if labels is None else jnp.asarray(labels, jnp.int32),
-        None if cond_codes is None else jnp.asarray(cond_codes, jnp.int32),
-        jnp.float32(temperature),
+    shape, batch_size, labels, cond_codes, temperature = _prepare(
+        model, shape, batch_size, labels, cond_codes, temperature
     )
+    return _sample_plain(model, shape, batch_size, variables, rng, labels, cond_codes, temperature)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "shape", "batch_size"))
@@ -252,18 +261,10 @@ def sample_codes_cached(
 ) -> jax.Array:
     """Incremental sampler: the same codes as `sample_codes` for the same key, O(1) layers of
     work per position (plus attention over the cached keys)."""
-    shape = tuple(int(s) for s in shape)
-    check_sampling_inputs(model, shape, batch_size, labels, cond_codes, temperature)
-    return _sample_cached(
-        model,
-        shape,
-        int(batch_size),
-        variables,
-        rng,
-        None if labels is None else jnp.asarray(labels, jnp.int32),
-        None if cond_codes is None else jnp.asarray(cond_codes, jnp.int32),
-        jnp.float32(temperature),
+    shape, batch_size, labels, cond_codes, temperature = _prepare(
+        model, shape, batch_size, labels, cond_codes, temperature
     )
+    return _sample_cached(model, shape, batch_size, variables, rng, labels, cond_codes, temperature)
 
 
 def sample_hierarchy(
