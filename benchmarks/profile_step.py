@@ -47,7 +47,10 @@ import time
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Per-thunk trace events; must be set before jax is imported.
+# The package's XLA:CPU flags (what a training run gets; skipped when the user set XLA_FLAGS), plus
+# per-thunk trace events; both must be set before jax is imported.
+import vqlatent  # noqa: E402, F401  (its import sets the package's flags: vqlatent/backend.py)
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
 
 import jax
