@@ -194,6 +194,41 @@ class Quantizer(nn.Module):
         return indices
 
 
+class ProjectedQuantizer(Quantizer):
+    """A quantiser of ``code_dim``-channel codes (FSQ, LFQ and their residual forms) that maps inputs
+    of ``embedding_dim`` channels to and from the codes with Dense layers ``project_in`` /
+    ``project_out`` (``'params'``) when the two differ (Mentzer et al. 2023, section 3; Yu et al. 2023,
+    section 3.1), and passes them unchanged when they are equal."""
+
+    @property
+    def code_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def _projects(self) -> bool:
+        return self.embedding_dim != self.code_dim
+
+    def setup(self):
+        if self._projects:
+            self.project_in = nn.Dense(self.code_dim, name="project_in")
+            self.project_out = nn.Dense(self.embedding_dim, name="project_out")
+
+    def prepare(self, inputs: Any, mask: Array | None) -> tuple[Array, Array | None, Array]:
+        """Checks ``inputs`` ``(..., embedding_dim)``; returns them as an array, the flattened mask
+        (`flatten_mask`) and their ``(..., code_dim)`` projection (`to_codes`)."""
+        inputs = jnp.asarray(inputs)
+        self.check_inputs(inputs)
+        return inputs, self.flatten_mask(inputs.shape[:-1], mask), self.to_codes(inputs)
+
+    def to_codes(self, inputs: Array) -> Array:
+        """``(..., embedding_dim)`` -> ``(..., code_dim)`` (``project_in``, or the inputs)."""
+        return self.project_in(inputs) if self._projects else inputs
+
+    def from_codes(self, values: Array) -> Array:
+        """``(..., code_dim)`` -> ``(..., embedding_dim)`` (``project_out``, or the values)."""
+        return self.project_out(values) if self._projects else values
+
+
 class EMAQuantizer(Quantizer):
     """A quantiser whose codebooks are EMA-updated (appendix A.1), with k-means init and restarts.
 

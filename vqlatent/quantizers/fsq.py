@@ -30,7 +30,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,7 +128,25 @@ def indices_to_codes(indices: Any, levels: Sequence[int]) -> Array:
     return (digits.astype(jnp.float32) - half_width) / half_width
 
 
-class FSQ(base.Quantizer):
+class LevelsCodebook:
+    """The implied codebook of FSQ ``levels`` (FSQ and residual FSQ): ``code_dim = len(levels)``
+    channels and ``prod(levels)`` codes. The module declares the ``levels`` field."""
+
+    @property
+    def code_dim(self) -> int:
+        return len(self.levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    @property
+    def num_embeddings(self) -> int:
+        """The implied codebook size ``prod(levels)`` (as on the VQ modules)."""
+        return self.codebook_size
+
+
+class FSQ(LevelsCodebook, base.ProjectedQuantizer):
     """Finite scalar quantisation as a drop-in quantiser (no codebook, no loss).
 
     Attributes:
@@ -157,31 +174,10 @@ class FSQ(base.Quantizer):
         base.validate_int_at_least_one("embedding_dim", self.embedding_dim)
         super().__post_init__()
 
-    @property
-    def codebook_size(self) -> int:
-        return math.prod(self.levels)
-
-    @property
-    def num_embeddings(self) -> int:
-        """The implied codebook size ``prod(levels)`` (as on the VQ modules)."""
-        return self.codebook_size
-
-    @property
-    def _projects(self) -> bool:
-        return self.embedding_dim != len(self.levels)
-
-    def setup(self):
-        if self._projects:
-            self.project_in = nn.Dense(len(self.levels), name="project_in")
-            self.project_out = nn.Dense(self.embedding_dim, name="project_out")
-
     def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
         """Quantises ``inputs`` of shape ``(..., D)``; ``train`` is unused."""
         del train
-        inputs = jnp.asarray(inputs)
-        self.check_inputs(inputs)
-        flat_mask = self.flatten_mask(inputs.shape[:-1], mask)
-        z = self.project_in(inputs) if self._projects else inputs
+        inputs, flat_mask, z = self.prepare(inputs, mask)
         bounded = bound(z, self.levels)
         _, half_width, _ = _as_arrays(self.levels)
         z_hat = round_ste(bounded) / half_width
@@ -190,7 +186,7 @@ class FSQ(base.Quantizer):
             jax.lax.stop_gradient(bounded / half_width), jax.lax.stop_gradient(z_hat), flat_mask
         )["e_latent_loss"]
         output_dtype = self.output_dtype(inputs)
-        quantized = self.project_out(z_hat) if self._projects else z_hat
+        quantized = self.from_codes(z_hat)
         return {
             "quantize": quantized.astype(output_dtype),
             "loss": jnp.zeros((), jnp.float32),
@@ -203,6 +199,5 @@ class FSQ(base.Quantizer):
     def lookup(self, indices: Array) -> Array:
         """Indices -> vectors ``indices.shape + (D,)`` (inverse of the indices)."""
         values = indices_to_codes(indices, self.levels)
-        if self._projects:
-            values = self.project_out(values)
+        values = self.from_codes(values)
         return values if self.dtype is None else values.astype(self.dtype)

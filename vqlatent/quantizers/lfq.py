@@ -33,7 +33,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -105,7 +104,7 @@ def lfq_entropy(z: Array, scale: float, temperature: float, mask: Array | None =
     return per_sample, batch
 
 
-class LFQ(base.Quantizer):
+class LFQ(base.ProjectedQuantizer):
     """Lookup-free quantisation (MAGVIT-v2); ``spherical=True`` is BSQ (registered as ``bsq``).
 
     Attributes:
@@ -149,21 +148,13 @@ class LFQ(base.Quantizer):
         return self.num_embeddings.bit_length() - 1
 
     @property
-    def _projects(self) -> bool:
-        return self.embedding_dim != self.num_bits
-
-    def setup(self):
-        if self._projects:
-            self.project_in = nn.Dense(self.num_bits, name="project_in")
-            self.project_out = nn.Dense(self.embedding_dim, name="project_out")
+    def code_dim(self) -> int:
+        return self.num_bits
 
     def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
         """Quantises ``inputs`` ``(..., D)``; ``train`` is unused (no state, no randomness)."""
         del train
-        inputs = jnp.asarray(inputs)
-        self.check_inputs(inputs)
-        flat_mask = self.flatten_mask(inputs.shape[:-1], mask)
-        z = self.project_in(inputs) if self._projects else inputs
+        inputs, flat_mask, z = self.prepare(inputs, mask)
         z = z.astype(jnp.float32)
         if self.spherical:
             z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
@@ -176,8 +167,7 @@ class LFQ(base.Quantizer):
         per_sample, batch = lfq_entropy(flat_z, scale, self.entropy_temperature, flat_mask)
         penalty = per_sample - self.diversity_weight * batch
         quantized = estimators.straight_through(z, q)
-        if self._projects:
-            quantized = self.project_out(quantized)
+        quantized = self.from_codes(quantized)
         return {
             "quantize": quantized.astype(self.output_dtype(inputs)),
             "loss": self.commitment_cost * losses["e_latent_loss"] + self.entropy_weight * penalty,
@@ -194,8 +184,7 @@ class LFQ(base.Quantizer):
         """Indices -> vectors ``indices.shape + (D,)``: the bits' code values ``+-s``, projected."""
         scale = code_scale(self.num_bits, self.spherical)
         values = jnp.where(indices_to_bits(indices, self.num_bits), scale, -scale).astype(jnp.float32)
-        if self._projects:
-            values = self.project_out(values)
+        values = self.from_codes(values)
         return values if self.dtype is None else values.astype(self.dtype)
 
 

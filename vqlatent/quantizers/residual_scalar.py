@@ -21,7 +21,6 @@ then serves ``S`` bit rates: ``lookup(indices, num_stages=n)`` decodes from the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,7 +50,7 @@ def dropout_stage_mask(key: Array | None, num_stages: int) -> Array:
     return (jnp.arange(num_stages) < used).astype(jnp.float32)
 
 
-class _ResidualScalar(base.Quantizer):
+class _ResidualScalar(base.ProjectedQuantizer):
     """Shared stage loop; subclasses give ``code_dim``, ``stage_scales``, ``quantize_stage`` and
     ``stage_values`` (indices -> unscaled stage values)."""
 
@@ -63,22 +62,10 @@ class _ResidualScalar(base.Quantizer):
     def num_codebooks(self) -> int:
         return self.num_stages
 
-    @property
-    def _projects(self) -> bool:
-        return self.embedding_dim != self.code_dim
-
-    def setup(self):
-        if self._projects:
-            self.project_in = nn.Dense(self.code_dim, name="project_in")
-            self.project_out = nn.Dense(self.embedding_dim, name="project_out")
-
     def __call__(self, inputs: Array, *, train: bool, mask: Array | None = None) -> dict[str, Array]:
         """Quantises ``inputs`` ``(..., D)`` stage by stage; quantize dropout when training."""
-        inputs = jnp.asarray(inputs)
-        self.check_inputs(inputs)
+        inputs, flat_mask, z = self.prepare(inputs, mask)
         batch_shape = inputs.shape[:-1]
-        flat_mask = self.flatten_mask(batch_shape, mask)
-        z = self.project_in(inputs) if self._projects else inputs
         residual = z.astype(jnp.float32).reshape(-1, self.code_dim)
         dropping = train and self.quantize_dropout and not self.is_initializing()
         used = dropout_stage_mask(self.quantizer_key() if dropping else None, self.num_stages)
@@ -96,7 +83,7 @@ class _ResidualScalar(base.Quantizer):
             e_latent_loss = e_latent_loss + used[stage] * stage_terms.pop("e_latent_loss")
             for key, value in stage_terms.items():
                 extra[key] = extra.get(key, 0.0) + used[stage] * value
-        quantized = self.project_out(total) if self._projects else total
+        quantized = self.from_codes(total)
         return {
             "quantize": quantized.reshape(batch_shape + (-1,)).astype(self.output_dtype(inputs)),
             "loss": loss,
@@ -119,11 +106,11 @@ class _ResidualScalar(base.Quantizer):
         total = 0.0
         for stage, scale in enumerate(self.stage_scales()[:num_stages]):
             total = total + self.stage_values(indices[..., stage]) * scale
-        values = self.project_out(total) if self._projects else total
+        values = self.from_codes(total)
         return values if self.dtype is None else values.astype(self.dtype)
 
 
-class ResidualFSQ(_ResidualScalar):
+class ResidualFSQ(fsq.LevelsCodebook, _ResidualScalar):
     """Residual FSQ: ``num_stages`` FSQ stages with levels ``levels``, scales ``(L - 1)^(-s)``.
 
     Attributes:
@@ -146,18 +133,6 @@ class ResidualFSQ(_ResidualScalar):
         base.validate_int_at_least_one("embedding_dim", self.embedding_dim)
         validate_dropout(self.quantize_dropout, self.num_stages)
         super().__post_init__()
-
-    @property
-    def code_dim(self) -> int:
-        return len(self.levels)
-
-    @property
-    def codebook_size(self) -> int:
-        return math.prod(self.levels)
-
-    @property
-    def num_embeddings(self) -> int:
-        return self.codebook_size
 
     def stage_scales(self) -> list[Array]:
         levels = jnp.asarray(self.levels, jnp.float32)
