@@ -89,3 +89,37 @@ def run_steps(task, mesh, batches, eval_batch=None):
         lambda s, b: task.eval_step(s, to_model_input(b)), in_shardings=(repl, sharded), out_shardings=repl
     )(state, mesh_lib.shard_batch(eval_batch, mesh))
     return jax.device_get((state, all_metrics, sums))
+
+
+def quantizer_train_steps(module, mutable):
+    """(single, multi, replicated, sharded): a quantizer's training step jitted on one device and
+    with the batch sharded over 8 CPU devices (`tests/conftest.py`). A step maps (variables, inputs,
+    key) to (new variables, outputs, parameter gradients, input gradients) of
+    ``sum(quantize^2) + loss``, with the ``mutable`` collections updated."""
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    devices = jax.devices()
+    assert len(devices) == 8, "tests/conftest.py should force 8 CPU devices"
+    mesh = Mesh(np.array(devices), ("data",))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def step(variables, x, key):
+        def loss(params, x):
+            out, updates = module.apply(
+                {**variables, "params": params}, x, train=True, mutable=mutable, rngs={"quantizer": key}
+            )
+            return jax.numpy.sum(out["quantize"] ** 2) + out["loss"], (out, updates)
+
+        (grads, grad_x), (out, updates) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+            variables.get("params", {}), x
+        )
+        return {**variables, **updates}, out, grads, grad_x
+
+    multi = jax.jit(
+        step,
+        in_shardings=(replicated, sharded, replicated),
+        out_shardings=(replicated, replicated, replicated, sharded),
+    )
+    return jax.jit(step), multi, replicated, sharded

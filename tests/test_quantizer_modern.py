@@ -5,14 +5,13 @@ CPU devices of tests/conftest.py and compared with one device.
 """
 
 import chex
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from vqlatent import configs as cfg_lib
 from vqlatent import quantizers
@@ -271,33 +270,11 @@ def _new_variants():
 
 @pytest.mark.parametrize("name", sorted(_new_variants()))
 def test_new_variants_sharded_equal_one_device(name):
-    devices = jax.devices()
-    assert len(devices) == 8, "tests/conftest.py should force 8 CPU devices"
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     module = _new_variants()[name]
+    single, multi, replicated, sharded = helpers.quantizer_train_steps(module, STATE)
     dim = module.embedding_dim
     x = jnp.asarray(_rng(8).normal(size=(16, 3, 3, dim)), jnp.float32)
     variables = module.init(jax.random.key(0), x, train=False)
-
-    def step(variables, x, key):
-        def loss(params, x):
-            out, updates = module.apply(
-                {**variables, "params": params}, x, train=True, mutable=STATE, rngs={"quantizer": key}
-            )
-            return jnp.sum(out["quantize"] ** 2) + out["loss"], (out, updates)
-
-        (grads, grad_x), (out, updates) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-            variables.get("params", {}), x
-        )
-        return {**variables, **updates}, out, grads, grad_x
-
-    single = jax.jit(step)
-    multi = jax.jit(
-        step,
-        in_shardings=(replicated, sharded, replicated),
-        out_shardings=(replicated, replicated, replicated, sharded),
-    )
     key = jax.random.key(3)
     one = single(variables, x, key)
     many = multi(jax.device_put(variables, replicated), jax.device_put(x, sharded), key)

@@ -7,14 +7,12 @@ is also checked sharded (8 CPU devices) against one device.
 import math
 
 import chex
+import helpers
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from helpers import tiny_vqvae_config
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from vqlatent import configs as cfg_lib
 from vqlatent import data as data_lib
@@ -419,33 +417,11 @@ def _variant_modules():
 
 @pytest.mark.parametrize("name", sorted(_variant_modules()))
 def test_sharded_train_step_equals_single_device(name):
-    devices = jax.devices()
-    assert len(devices) == 8, "tests/conftest.py should force 8 CPU devices"
-    mesh = Mesh(np.array(devices), ("data",))
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     module = _variant_modules()[name]
+    single, multi, replicated, sharded = helpers.quantizer_train_steps(module, ["vq_ema"])
     rng = _rng(13)
     inputs = [jnp.asarray(rng.normal(size=(16, 3, 3, 8)), jnp.float32) for _ in range(2)]
     variables = module.init(jax.random.key(0), inputs[0], train=False)
-
-    def step(variables, x, key):
-        def loss(params, x):
-            out, updates = module.apply(
-                {**variables, "params": params}, x, train=True, mutable=["vq_ema"], rngs={"quantizer": key}
-            )
-            return jnp.sum(out["quantize"] ** 2) + out["loss"], (out, updates)
-
-        (grads, grad_x), (out, updates) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
-            variables.get("params", {}), x
-        )
-        return {**variables, **updates}, out, grads, grad_x
-
-    single = jax.jit(step)
-    multi = jax.jit(
-        step,
-        in_shardings=(replicated, sharded, replicated),
-        out_shardings=(replicated, replicated, replicated, sharded),
-    )
     single_vars, multi_vars = variables, jax.device_put(variables, replicated)
     for i, x in enumerate(inputs):
         key = jax.random.key(10 + i)
@@ -562,7 +538,7 @@ def test_vqvae_task_with_residual_vq_restarts_and_kmeans():
     # Multi-index codes, the 'quantizer' RNG (k-means, restarts) and usage
     # accounting per codebook through the real task (random 8x8 images; no
     # dataset needed).
-    config = tiny_vqvae_config("/nonexistent", "digits,quantizer=residual_vq")
+    config = helpers.tiny_vqvae_config("/nonexistent", "digits,quantizer=residual_vq")
     config.quantizer.num_stages = 2
     config.loss.normalize_by_data_variance = False
     spec = data_lib.DatasetSpec(image_shape=(8, 8, 1), num_classes=10, num_train=16, num_eval=16)
@@ -609,7 +585,7 @@ def test_unknown_quantizer_name_is_a_clear_error():
     with pytest.raises(ValueError, match=r"Unknown quantizer 'cosyne'.*'cosine'"):
         cfg_lib.quantizer_config("cosyne", 512, 64)
     with pytest.raises(ValueError, match="Unknown quantizer"):
-        tiny_vqvae_config("/tmp/unused", "digits,quantizer=fqs")
+        helpers.tiny_vqvae_config("/tmp/unused", "digits,quantizer=fqs")
 
 
 @pytest.mark.parametrize("levels", [(8, 1, 5), (), (2.5, 3), "abc", 8])
