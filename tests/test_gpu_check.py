@@ -15,7 +15,8 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_its_report(tmp_path):
         sys.executable,
         os.path.join(ROOT, "benchmarks", "gpu_check.py"),
         "--smoke",
-        "--train_rows=0,3",  # An autoencoder and a prior, each in float32 and bfloat16.
+        "--train_rows=0,3",  # An autoencoder and a prior,
+        "--dtypes=bfloat16",  # in bfloat16 (the path the rest of the tests exercise least).
         f"--out_dir={tmp_path}",
     ]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -24,12 +25,7 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_its_report(tmp_path):
     assert report["backend"] == "cpu" and report["smoke"] and report["failed_stages"] == []
     assert report["tests"]["exit_code"] == 0
     rows = report["train"]
-    assert [(r["config"], r["dtype"]) for r in rows] == [
-        ("vqvae", "float32"),
-        ("vqvae", "bfloat16"),
-        ("pixelcnn", "float32"),
-        ("pixelcnn", "bfloat16"),
-    ]
+    assert [(r["config"], r["dtype"]) for r in rows] == [("vqvae", "bfloat16"), ("pixelcnn", "bfloat16")]
     for r in rows:
         assert r["jax_ms"] > 0 and r["compile_s"] > 0 and r["xla_memory_mib"] > 0
     assert "| smoke |" in report["hotpaths"]["upsample"]["table"]
