@@ -97,7 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # upsample: 'auto' = per-phase sub-pixel on CPU, ConvTranspose on GPU/TPU (same function; README).
     generator = dict(fc_features=(1024,), base_shape=(7, 7, 128), upconv_features=(64,), upsample="auto")
-    discriminator = dict(conv_features=(64, 128), fc_features=(1024,), leaky_slope=0.1)
+    # downsample: 'auto' = input gradients per phase on CPU, XLA's strided convolution elsewhere (README).
+    discriminator = dict(conv_features=(64, 128), fc_features=(1024,), leaky_slope=0.1, downsample="auto")
     q = dict(hidden=128, continuous_std="learned", fixed_std=1.0)
     info = dict(lambda_categorical=1.0, lambda_continuous=0.1, detach_q=False)
     augment = augment_default_config()  # Off except in :mnist_invariant.

@@ -67,6 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         num_downsamples=2,
         embedding_dim=64,
         upsample="auto",  # By backend: per-phase sub-pixel on CPU, ConvTranspose on GPU/TPU (README).
+        downsample="auto",  # By backend: per-phase input gradients on CPU, XLA's strided conv elsewhere.
     )
     if variant == "digits":
         config.data = cfg_lib.data_config("sklearn_digits")

@@ -66,7 +66,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model_name = "vqvae2"
     config.loss = ml_collections.ConfigDict(dict(normalize_by_data_variance=True))
     model = dict(
-        strides=(4, 2), num_hiddens=128, num_residual_layers=2, num_residual_hiddens=32, upsample="auto"
+        strides=(4, 2),
+        num_hiddens=128,
+        num_residual_layers=2,
+        num_residual_hiddens=32,
+        upsample="auto",  # Per backend (README, "Backends"), as in configs/vqvae.py.
+        downsample="auto",
     )
     num_codes, embedding_dim = 512, 64
     if variant == "digits":

@@ -1,4 +1,5 @@
-"""Networks: the sub-pixel upsampling equals ConvTranspose; VQ-VAE shapes; bad shapes."""
+"""Networks: the sub-pixel upsampling equals ConvTranspose, the per-phase input gradient equals XLA's
+strided convolution's; VQ-VAE shapes; bad shapes."""
 
 import chex
 import flax.linen as nn
@@ -9,6 +10,7 @@ import pytest
 from vqlatent import backend as vqlatent_backend
 from vqlatent.nets import autoencoder
 from vqlatent.nets.autoencoder import check_image_shape
+from vqlatent.nets.downsample import MIN_PHASE_GRAD_CHANNELS, PhaseGradConv, downsampling_layer
 from vqlatent.nets.layers import SubpixelConvTranspose, upsampling_layer
 from vqlatent.quantizers import VectorQuantizerEMA
 
@@ -124,6 +126,73 @@ def test_auto_upsampling_picks_the_backend_form_with_the_same_parameters(monkeyp
     )
     with pytest.raises(ValueError, match="model.upsample='nearest'"):
         upsampling_layer("nearest", 8, None, "up")
+
+
+@pytest.mark.parametrize(
+    "shape,kernel,stride,padding",
+    [
+        ((2, 8, 8, 16), 4, 2, ((1, 1), (1, 1))),  # The VQ-VAE encoders (interleaved phase gradients).
+        ((2, 14, 10, 6), 4, 2, "SAME"),  # InfoGAN's discriminator, non-square.
+        ((2, 7, 9, 5), 4, 2, "SAME"),  # Odd sizes: the padded input is not a multiple of the stride.
+        ((1, 9, 9, 3), 3, 2, ((1, 1), (1, 1))),  # Odd kernel: the phases have unequal taps.
+        ((1, 12, 12, 4), 4, 4, ((0, 0), (0, 0))),  # Kernel == stride.
+    ],
+)
+def test_phase_gradient_conv_equals_nn_conv(shape, kernel, stride, padding):
+    """Same parameters, bit-identical forward values, and input/kernel/bias gradients equal to nn.Conv's
+    (to float32 summation order)."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    kwargs = dict(strides=(stride, stride), padding=padding)
+    reference = nn.Conv(7, (kernel, kernel), **kwargs)
+    layer = PhaseGradConv(7, (kernel, kernel), **kwargs)
+    variables = reference.init(jax.random.key(1), x)
+    assert jax.tree.structure(layer.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    assert (layer.apply(variables, x) == reference.apply(variables, x)).all()
+
+    def loss(module, v, x):
+        return jnp.sum(jnp.sin(module.apply(v, x)))
+
+    got = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(layer, variables, x)
+    want = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(reference, variables, x)
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.max(jnp.abs(got[1]))) > 0.1  # The input gradient is not trivially zero.
+
+
+@pytest.mark.parametrize(
+    "backend_name, in_channels, expected",
+    [("cpu", 64, PhaseGradConv), ("cpu", 1, nn.Conv), ("gpu", 64, nn.Conv), ("tpu", 64, nn.Conv)],
+)
+def test_auto_downsampling_picks_the_backend_form(monkeypatch, backend_name, in_channels, expected):
+    """'auto': the per-phase input gradient on the CPU from MIN_PHASE_GRAD_CHANNELS input channels (not
+    for image layers), XLA's strided convolution elsewhere; a forced form wins; a bad name is an error."""
+    monkeypatch.setattr(vqlatent_backend, "default_backend", lambda: backend_name)
+    assert MIN_PHASE_GRAD_CHANNELS > 1
+    assert type(downsampling_layer("auto", 8, None, "down", "SAME", in_channels)) is expected
+    assert type(downsampling_layer("phase_grad", 8, None, "down", "SAME", 1)) is PhaseGradConv
+    assert type(downsampling_layer("conv", 8, None, "down", "SAME", 64)) is nn.Conv
+    with pytest.raises(ValueError, match="model.downsample='pool'"):
+        downsampling_layer("pool", 8, None, "down", "SAME", 64)
+
+
+def test_phase_gradient_and_xla_encoders_agree():
+    """A whole VQ-VAE with either downsampling form: same parameters, same loss, same gradients."""
+    x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+    xla = autoencoder.vqvae(
+        VectorQuantizerEMA(num_embeddings=8, embedding_dim=8), 1, 2, 32, 1, 8, downsample="conv"
+    )
+    phase = autoencoder.vqvae(
+        VectorQuantizerEMA(num_embeddings=8, embedding_dim=8), 1, 2, 32, 1, 8, downsample="phase_grad"
+    )
+    variables = xla.init(jax.random.key(1), x, train=False)
+
+    def loss(model, params):
+        out = model.apply({**variables, "params": params}, x, train=False)
+        return jnp.mean((out["reconstruction"] - x) ** 2) + out["vq"]["top"]["loss"]
+
+    got = jax.value_and_grad(loss, argnums=1)(phase, variables["params"])
+    want = jax.value_and_grad(loss, argnums=1)(xla, variables["params"])
+    assert got[0] == want[0]
+    chex.assert_trees_all_close(got[1], want[1], rtol=1e-4, atol=1e-6)
 
 
 def test_image_size_not_divisible_is_a_clear_error():

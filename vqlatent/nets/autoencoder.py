@@ -46,6 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vqlatent.nets.downsample import downsampling_layer
 from vqlatent.nets.layers import UPSAMPLERS, ResidualStack, upsampling_layer  # noqa: F401
 from vqlatent.nets.levels import (  # noqa: F401  (level_names, level_shapes: part of this module's API)
     check_code_pyramid,
@@ -72,6 +73,7 @@ class Encoder(nn.Module):
     num_residual_hiddens: int
     num_downsamples: int
     half_width_single: bool = False
+    downsample: str = "auto"
     dtype: Any = None
 
     @nn.compact
@@ -81,9 +83,8 @@ class Encoder(nn.Module):
         for i in range(n):
             full = i == n - 1 and not (n == 1 and self.half_width_single)
             features = self.num_hiddens if full else self.num_hiddens // 2
-            h = nn.Conv(
-                features, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=self.dtype, name=f"down_{i}"
-            )(h)
+            pads = ((1, 1), (1, 1))
+            h = downsampling_layer(self.downsample, features, self.dtype, f"down_{i}", pads, h.shape[-1])(h)
             h = nn.relu(h)
         h = nn.Conv(self.num_hiddens, (3, 3), padding="SAME", dtype=self.dtype, name="conv3x3")(h)
         return ResidualStack(
@@ -158,6 +159,8 @@ class Autoencoder(nn.Module):
       num_hiddens: channels of every encoder/decoder (rosinality's `channel`).
       num_residual_layers, num_residual_hiddens: residual blocks per stack and their width.
       upsample: 'auto' (default: by backend), 'subpixel' or 'conv_transpose' (the same function).
+      downsample: 'auto' (default: by backend), 'conv' or 'phase_grad' (the same function;
+        `vqlatent.nets.downsample`).
       architecture: 'vqvae2' (default) or 'vqvae' (one level; see the module docstring).
       dtype: compute dtype of the convolutions (quantizers choose their own).
     """
@@ -169,6 +172,7 @@ class Autoencoder(nn.Module):
     num_residual_layers: int = 2
     num_residual_hiddens: int = 32
     upsample: str = "auto"
+    downsample: str = "auto"
     architecture: str = "vqvae2"
     dtype: Any = None
 
@@ -199,6 +203,7 @@ class Autoencoder(nn.Module):
                 self.num_hiddens,
                 num_downsamples=num_halvings(s),
                 half_width_single=self.architecture == "vqvae2",
+                downsample=self.downsample,
                 **res,
             )
             for n, s in zip(names, self.strides)
@@ -332,6 +337,7 @@ def vqvae(
     num_residual_layers: int = 2,
     num_residual_hiddens: int = 32,
     upsample: str = "auto",
+    downsample: str = "auto",
     dtype: Any = None,
 ) -> Autoencoder:
     """The VQ-VAE of van den Oord et al. (section 4.1): one level, `num_downsamples` halvings."""
@@ -345,6 +351,7 @@ def vqvae(
         num_residual_layers=num_residual_layers,
         num_residual_hiddens=num_residual_hiddens,
         upsample=upsample,
+        downsample=downsample,
         architecture="vqvae",
         dtype=dtype,
     )

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlatent.nets.downsample import downsampling_layer
 from vqlatent.nets.layers import upsampling_layer
 
 BATCH_NORM_MOMENTUM = 0.9  # Running averages for evaluation; the paper's code uses decay 0.9.
@@ -139,6 +140,7 @@ class Discriminator(nn.Module):
     leaky_slope: float = 0.1
     kernel_init: nn.initializers.Initializer = DEFAULT_KERNEL_INIT
     dtype: Any = None
+    downsample: str = "auto"  # `vqlatent.nets.downsample.downsampling_layer`: by backend, or forced.
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool, detach_q: bool = False) -> dict[str, jax.Array]:
@@ -146,15 +148,15 @@ class Discriminator(nn.Module):
         lrelu = functools.partial(nn.leaky_relu, negative_slope=self.leaky_slope)
         h = images.astype(self.dtype or jnp.float32)
         for i, features in enumerate(self.conv_features):
-            h = nn.Conv(
+            h = downsampling_layer(
+                self.downsample,
                 features,
-                (4, 4),
-                strides=(2, 2),
-                padding="SAME",
+                self.dtype,
+                f"conv{i}",
+                "SAME",
+                h.shape[-1],
                 use_bias=i == 0,
                 kernel_init=init,
-                dtype=self.dtype,
-                name=f"conv{i}",
             )(h)
             if i > 0:  # No BN on the first layer (DCGAN; Table 1).
                 h = _batch_norm(train, self.dtype, f"conv{i}_bn")(h)

@@ -21,7 +21,8 @@ Configs (`model_name` 'vqvae' and 'vqvae2' are this task):
   configs/vqvae2.py: `model.strides`, downsampling per level, bottom first, e.g. (4, 2); the
     quantizer either ONE config (with `name`) shared by every level, or one per level
     (`quantizer.bottom`, `quantizer.top`, ...); metrics per level (`perplexity_top`, ...).
-  Both: model.num_hiddens, model.num_residual_layers, model.num_residual_hiddens, model.upsample.
+  Both: model.num_hiddens, model.num_residual_layers, model.num_residual_hiddens, model.upsample,
+  model.downsample.
 
 Any quantizer of `vqlatent.quantizers` can be used; code usage is counted per codebook (residual
 / product VQ have several index streams, on the trailing axis of the code maps). Evaluation
@@ -107,6 +108,7 @@ def build_model(config: ml_collections.ConfigDict, image_shape: tuple[int, int, 
         num_residual_layers=m.num_residual_layers,
         num_residual_hiddens=m.num_residual_hiddens,
         upsample=m.upsample,
+        downsample=m.get("downsample", "auto"),  # Configs written before the field: 'auto'.
         architecture=architecture,
         dtype=compute_dtype(config.dtype),
     )

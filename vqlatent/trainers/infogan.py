@@ -107,6 +107,7 @@ class Task(base.Task):
             leaky_slope=m.discriminator.leaky_slope,
             kernel_init=kernel_init,
             dtype=dtype,
+            downsample=m.discriminator.get("downsample", "auto"),
         )
         self.entropies = ig.code_entropies(self.latent_spec)
         info = config.info
