@@ -10,7 +10,12 @@ import pytest
 from vqlatent import backend as vqlatent_backend
 from vqlatent.nets import autoencoder
 from vqlatent.nets.autoencoder import check_image_shape
-from vqlatent.nets.downsample import MIN_PHASE_GRAD_CHANNELS, PhaseGradConv, downsampling_layer
+from vqlatent.nets.downsample import (
+    MIN_PHASE_GRAD_CHANNELS,
+    MIN_PHASE_GRAD_PIXELS,
+    PhaseGradConv,
+    downsampling_layer,
+)
 from vqlatent.nets.layers import SubpixelConvTranspose, upsampling_layer
 from vqlatent.quantizers import VectorQuantizerEMA
 
@@ -159,19 +164,27 @@ def test_phase_gradient_conv_equals_nn_conv(shape, kernel, stride, padding):
 
 
 @pytest.mark.parametrize(
-    "backend_name, in_channels, expected",
-    [("cpu", 64, PhaseGradConv), ("cpu", 1, nn.Conv), ("gpu", 64, nn.Conv), ("tpu", 64, nn.Conv)],
+    "backend_name, input_shape, expected",
+    [
+        ("cpu", (4, 64, 64, 128), PhaseGradConv),
+        ("cpu", (4, 32, 32, 64), PhaseGradConv),
+        ("cpu", (128, 14, 14, 64), nn.Conv),  # Small maps: XLA's strided gradient is as fast.
+        ("cpu", (4, 256, 256, 3), nn.Conv),  # Image layers.
+        ("gpu", (4, 64, 64, 128), nn.Conv),
+        ("tpu", (4, 64, 64, 128), nn.Conv),
+    ],
 )
-def test_auto_downsampling_picks_the_backend_form(monkeypatch, backend_name, in_channels, expected):
-    """'auto': the per-phase input gradient on the CPU from MIN_PHASE_GRAD_CHANNELS input channels (not
-    for image layers), XLA's strided convolution elsewhere; a forced form wins; a bad name is an error."""
+def test_auto_downsampling_picks_the_backend_form(monkeypatch, backend_name, input_shape, expected):
+    """'auto': the per-phase input gradient on the CPU for the layer sizes where it is faster
+    (MIN_PHASE_GRAD_PIXELS, MIN_PHASE_GRAD_CHANNELS), XLA's strided convolution elsewhere; a forced form
+    wins; a bad name is an error."""
     monkeypatch.setattr(vqlatent_backend, "default_backend", lambda: backend_name)
-    assert MIN_PHASE_GRAD_CHANNELS > 1
-    assert type(downsampling_layer("auto", 8, None, "down", "SAME", in_channels)) is expected
-    assert type(downsampling_layer("phase_grad", 8, None, "down", "SAME", 1)) is PhaseGradConv
-    assert type(downsampling_layer("conv", 8, None, "down", "SAME", 64)) is nn.Conv
+    assert MIN_PHASE_GRAD_CHANNELS > 3 and MIN_PHASE_GRAD_PIXELS > 14 * 14
+    assert type(downsampling_layer("auto", 8, None, "down", "SAME", input_shape)) is expected
+    assert type(downsampling_layer("phase_grad", 8, None, "down", "SAME", (1, 8, 8, 1))) is PhaseGradConv
+    assert type(downsampling_layer("conv", 8, None, "down", "SAME", (4, 64, 64, 128))) is nn.Conv
     with pytest.raises(ValueError, match="model.downsample='pool'"):
-        downsampling_layer("pool", 8, None, "down", "SAME", 64)
+        downsampling_layer("pool", 8, None, "down", "SAME", (4, 64, 64, 128))
 
 
 def test_phase_gradient_and_xla_encoders_agree():

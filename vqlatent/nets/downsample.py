@@ -10,14 +10,16 @@ each tap t = s p + a by its phase a turns it into a sum of s*s stride-1 convolut
 input as one convolution over the output gradient dilated with s-1 zeros between elements, so three
 quarters of its multiply-adds at s = 2 are with zeros; the per-phase form's input gradient is four
 stride-1 input gradients, a quarter of the work each, interleaved. Measured on one core
-(`benchmarks/downsample_bench.py`): 1.6-2x faster for the 4x4 / stride-2 convolutions of the VQ-VAE
-encoders and InfoGAN's discriminator, equal to XLA's to ~7e-7 relative (summation order).
+(`benchmarks/downsample_bench.py`): 1.7-1.8x faster for the 64- and 128-channel layers of the
+VQ-VAE-2 at 256x256 (inputs of 64x64 and 128x128 pixels), no faster at 14x14 or 16x16; equal to
+XLA's to ~6e-7 relative (summation order).
 
 `conv_phase_grad` keeps XLA's strided convolution for the forward (bit-identical values) and XLA's
 kernel gradient (the per-phase kernel gradient was not faster: 0.5-1.8x by shape), and only replaces
 the input gradient. `PhaseGradConv` is `nn.Conv` with it: same parameter names and shapes, so the
 config field `model.downsample` switches forms on any checkpoint. cuDNN and the TPU compute strided
-input gradients natively, so 'auto' picks the per-phase form on the CPU only.
+input gradients natively, so 'auto' picks the per-phase form on the CPU only, and there only for the
+layer sizes where it was measured faster (`downsampling_layer`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ from vqlatent import backend
 
 DOWNSAMPLERS = ("conv", "phase_grad")
 DOWNSAMPLE_PER_BACKEND = {"cpu": "phase_grad", "default": "conv"}
-# 'auto' keeps `nn.Conv` for inputs with fewer channels (the image layers): with 1 input channel the
-# four phase gradients cost more than XLA's one (2.3 -> 7.3 ms, MNIST batch 128), and an autoencoder
-# never differentiates its image input anyway.
+# 'auto' on the CPU uses the per-phase input gradient only where it was measured faster
+# (benchmarks/downsample_bench.py, forward + all gradients of one layer): inputs of at least 32x32
+# pixels (1.07x at 32x32, 1.3x at 64x64, 1.6x at 128x128; at 14x14 it is 0.9x) and 16 channels (an
+# image layer with 1 input channel: 0.6x; an autoencoder never differentiates its image input anyway).
+MIN_PHASE_GRAD_PIXELS = 32 * 32
 MIN_PHASE_GRAD_CHANNELS = 16
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
@@ -153,15 +157,16 @@ def downsampling_layer(
     dtype: Any,
     name: str,
     padding: str | Sequence[tuple[int, int]],
-    in_channels: int,
+    input_shape: Sequence[int],
     use_bias: bool = True,
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(),
 ) -> nn.Module:
     """A 4x4, stride-2 convolution in the form `kind` names: 'conv' is `nn.Conv`, 'phase_grad'
     `PhaseGradConv` (the same function, values and parameters). 'auto' (config `model.downsample`)
-    picks the backend's form (`DOWNSAMPLE_PER_BACKEND`), and `nn.Conv` for inputs of fewer than
-    `MIN_PHASE_GRAD_CHANNELS` channels."""
-    if kind == "auto" and in_channels < MIN_PHASE_GRAD_CHANNELS:
+    picks the backend's form (`DOWNSAMPLE_PER_BACKEND`), and `nn.Conv` for an NHWC `input_shape` of
+    fewer than `MIN_PHASE_GRAD_PIXELS` pixels or `MIN_PHASE_GRAD_CHANNELS` channels."""
+    _, height, width, channels = input_shape
+    if kind == "auto" and (height * width < MIN_PHASE_GRAD_PIXELS or channels < MIN_PHASE_GRAD_CHANNELS):
         kind = "conv"
     kind = backend.resolve("model.downsample", kind, DOWNSAMPLE_PER_BACKEND, DOWNSAMPLERS)
     cls = PhaseGradConv if kind == "phase_grad" else nn.Conv

@@ -154,7 +154,7 @@ class Discriminator(nn.Module):
                 self.dtype,
                 f"conv{i}",
                 "SAME",
-                h.shape[-1],
+                h.shape,
                 use_bias=i == 0,
                 kernel_init=init,
             )(h)
