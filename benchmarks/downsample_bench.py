@@ -1,6 +1,6 @@
 r"""The 4x4 / stride-2 convolutions of the models: XLA's gradients against the per-phase ones.
 
-  taskset -c 0 python benchmarks/downsample_bench.py [--repeats=7] [--rounds=3] [--clock=process]
+  taskset -c 0 python benchmarks/downsample_bench.py [--repeats=7] [--rounds=3] [--clock=process] [--smoke]
 
 For every strided convolution shape of the MNIST VQ-VAE, the VQ-VAE-2 at 64x64 and 256x256 and InfoGAN's
 discriminator, times (median ms, forms alternating in each round, the best round reported):
@@ -32,6 +32,7 @@ from vqlatent.nets.downsample import PhaseGradConv  # noqa: E402
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per form and round (median).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (the best is reported).")
 _CLOCK = flags.DEFINE_enum("clock", "process", ["process", "wall"], "Process CPU time or wall time.")
+_SMOKE = flags.DEFINE_bool("smoke", False, "One tiny shape (proves the script runs; numbers mean nothing).")
 
 PAD1 = ((1, 1), (1, 1))
 # (label, input shape NHWC, output channels, padding)
@@ -99,7 +100,8 @@ def main(argv):
         "| layer | dx: XLA | dx: per phase | x | all: XLA | all: per phase | x | dw: XLA | dw: per phase | x | rel. diff |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for label, shape, features, padding in SHAPES:
+    shapes = (("smoke", (2, 8, 8, 16), 16, PAD1),) if _SMOKE.value else SHAPES
+    for label, shape, features, padding in shapes:
         keys = jax.random.split(jax.random.key(0), 3)
         x = jax.random.normal(keys[0], shape)
         kwargs = dict(strides=(2, 2), padding=padding)

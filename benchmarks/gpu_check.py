@@ -14,7 +14,8 @@ train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, plu
           bfloat16 rows); step time, ratio, compile time, init time, XLA's memory estimate and the
           allocator's peak (GPU/TPU).
 hotpaths  each per-backend hot path beside its alternatives (`vqlatent.backend`): the upsampling
-          layer (per-phase sub-pixel, 3x3 sub-pixel, `nn.ConvTranspose`), and the quantizer's nearest-code
+          layer (per-phase sub-pixel, 3x3 sub-pixel, `nn.ConvTranspose`), the strided convolutions' input
+          gradient (XLA's against per phase, `downsample_bench.py`), and the quantizer's nearest-code
           search, EMA statistics and distance precision (`quantizer_hotpaths_bench.time_hot_paths`).
 sampling  the PixelCNN samplers, cached against plain, at 32x32 and 64x64 code maps (the codes of the
           two are checked equal where the plain one runs).
@@ -142,6 +143,12 @@ def run_hotpaths(env, smoke: bool, log_dir: str) -> dict:
     out["upsample"] = {"command": " ".join(cmd[1:]), "exit_code": code, "table": run_all._tables(text)}  # pylint: disable=protected-access
     if code != 0:
         out["upsample"]["error"] = text[-2000:]
+    flags = ["--repeats=1", "--rounds=1", "--smoke"] if smoke else []
+    cmd = [sys.executable, os.path.join("benchmarks", "downsample_bench.py"), *flags]
+    code, text, _ = run_all._run(cmd, os.path.join(log_dir, "downsample.log"), env)  # pylint: disable=protected-access
+    out["downsample"] = {"command": " ".join(cmd[1:]), "exit_code": code, "table": run_all._tables(text)}  # pylint: disable=protected-access
+    if code != 0:
+        out["downsample"]["error"] = text[-2000:]
     quantizer_code = (
         "import json, sys; sys.path.insert(0, 'benchmarks'); import quantizer_hotpaths_bench as q; "
         f"rows = q.time_hot_paths({'shapes=((256, 16),), dim=8, repeats=1' if smoke else ''}); "
@@ -218,6 +225,9 @@ def markdown(report: dict) -> str:
             "## Hot paths\n",
             "Upsampling layer, forward + backward:\n",
             h["upsample"].get("table", "–"),
+            "",
+            "Strided 4x4 / stride-2 convolutions, XLA's gradients against per-phase ones:\n",
+            h.get("downsample", {}).get("table", "–"),
             "",
         ]
         q = h.get("quantizer", {})
@@ -312,6 +322,7 @@ def main(argv=None) -> int:
         report["hotpaths"] = run_hotpaths(env, args.smoke, log_dir)
         if (
             report["hotpaths"]["upsample"]["exit_code"] != 0
+            or report["hotpaths"]["downsample"]["exit_code"] != 0
             or report["hotpaths"]["quantizer"]["exit_code"] != 0
         ):
             report["failed_stages"].append("hotpaths")

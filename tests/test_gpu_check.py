@@ -29,6 +29,7 @@ def test_gpu_check_smoke_runs_every_stage_and_writes_its_report(tmp_path):
     for r in rows:
         assert r["jax_ms"] > 0 and r["compile_s"] > 0 and r["xla_memory_mib"] > 0
     assert "| smoke |" in report["hotpaths"]["upsample"]["table"]
+    assert "| smoke |" in report["hotpaths"]["downsample"]["table"]
     quantizer_rows = report["hotpaths"]["quantizer"]["rows"]
     assert {r["section"] for r in quantizer_rows} >= {"argmin", "ema_statistics"}
     assert all(r["median_ms"] > 0 for r in quantizer_rows)
