@@ -219,6 +219,35 @@ def test_workdir_of_another_model_is_refused(tmp_path, data_dir):
         assert json.load(f)["quantizer"]["num_embeddings"] == 16  # Not overwritten.
 
 
+@pytest.mark.parametrize("name", ["vqvae", "vqvae2", "infogan"])
+def test_workdir_written_before_an_implementation_field_existed_still_resumes(tmp_path, name):
+    """A workdir whose config.json predates a per-backend field (model.downsample, model.upsample,
+    quantizer.argmin_form, ...) is the same model: accepted. A real model change is still refused."""
+    config = load_config(name)
+    saved = ckpt_lib.config_to_json_dict(config)
+
+    def drop(tree):  # The config as written before the implementation fields existed.
+        if isinstance(tree, dict):
+            return {k: drop(v) for k, v in tree.items() if k not in ckpt_lib.IMPLEMENTATION_LEAVES}
+        return tree
+
+    def auto_leaves(tree, prefix=""):  # Every per-backend choice: its default is 'auto'.
+        if isinstance(tree, dict):
+            return {leaf for k, v in tree.items() for leaf in auto_leaves(v, f"{prefix}{k}.")}
+        return {prefix[:-1]} if tree == "auto" else set()
+
+    per_backend = {key.rsplit(".", 1)[-1] for key in auto_leaves(saved)}
+    assert per_backend and per_backend <= ckpt_lib.IMPLEMENTATION_LEAVES  # A new 'auto' field needs listing.
+    old = drop(saved)
+    assert old != saved  # Something was dropped, so the check below can fail.
+    (tmp_path / "checkpoints" / "10").mkdir(parents=True)
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    ckpt_lib.check_workdir_config(str(tmp_path), config, write=False)
+    (tmp_path / "config.json").write_text(json.dumps(dict(old, model_name="pixelcnn")))
+    with pytest.raises(ckpt_lib.WorkdirMismatchError, match="model_name: workdir has 'pixelcnn'"):
+        ckpt_lib.check_workdir_config(str(tmp_path), config, write=False)
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [

@@ -32,7 +32,9 @@ MODEL_DEFINING_FIELDS = ("model_name", "model", "quantizer", "prior", "data.name
 # Leaves under those fields that choose how a model is computed, not what it computes (every form is
 # tested equal; `vqlatent.backend` picks the form per backend): a workdir resumes under any of them,
 # and old workdirs written before such a field existed resume too.
-IMPLEMENTATION_LEAVES = frozenset({"upsample", "argmin_form", "distance_precision", "ema_statistics"})
+IMPLEMENTATION_LEAVES = frozenset(
+    {"upsample", "downsample", "argmin_form", "distance_precision", "ema_statistics"}
+)
 
 
 class WorkdirMismatchError(ValueError):
