@@ -163,6 +163,25 @@ def test_phase_gradient_conv_equals_nn_conv(shape, kernel, stride, padding):
     assert float(jnp.max(jnp.abs(got[1]))) > 0.1  # The input gradient is not trivially zero.
 
 
+def test_phase_gradient_conv_in_bfloat16_matches_nn_conv():
+    """bf16 compute: the same bf16 outputs, float32 parameter gradients, input gradients equal to bf16
+    rounding."""
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+    kwargs = dict(strides=(2, 2), padding=((1, 1), (1, 1)), dtype=jnp.bfloat16)
+    reference, layer = nn.Conv(8, (4, 4), **kwargs), PhaseGradConv(8, (4, 4), **kwargs)
+    variables = reference.init(jax.random.key(1), x)
+    assert layer.apply(variables, x).dtype == jnp.bfloat16
+    assert (layer.apply(variables, x) == reference.apply(variables, x)).all()
+
+    def loss(module, v, x):
+        return jnp.sum(jnp.sin(module.apply(v, x).astype(jnp.float32)))
+
+    got = jax.grad(loss, argnums=(1, 2))(layer, variables, x)
+    want = jax.grad(loss, argnums=(1, 2))(reference, variables, x)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(got[0]))
+    chex.assert_trees_all_close(got, want, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize(
     "backend_name, input_shape, expected",
     [
