@@ -95,10 +95,11 @@ def _phase_input_gradient(x: jax.Array, kernel: jax.Array, strides, padding, g: 
     for a in range(sh):
         columns = []
         for b in range(sw):
-            k = kernel[a::sh, b::sw]
-            conv = functools.partial(lax.conv_general_dilated, rhs=k, window_strides=(1, 1), padding="VALID")
-            conv = functools.partial(conv, dimension_numbers=_DIMENSIONS)
-            columns.append(jax.linear_transpose(lambda v, conv=conv: conv(v), phase_shape)(g)[0])
+
+            def conv(v, k=kernel[a::sh, b::sw]):  # Phase (a, b) of `phase_sum`: linear in v.
+                return lax.conv_general_dilated(v, k, (1, 1), "VALID", dimension_numbers=_DIMENSIONS)
+
+            columns.append(jax.linear_transpose(conv, phase_shape)(g)[0])
         rows.append(jnp.stack(columns, axis=3))  # (n, hp/sh, wp/sw, sw, c)
     padded = jnp.stack(rows, axis=2).reshape(n, hp, wp, c)  # (n, hp/sh, sh, wp/sw, sw, c) interleaved
     return padded[:, padding[0][0] : padding[0][0] + h, padding[1][0] : padding[1][0] + w]
