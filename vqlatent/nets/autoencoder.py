@@ -83,7 +83,7 @@ class Encoder(nn.Module):
         for i in range(n):
             full = i == n - 1 and not (n == 1 and self.half_width_single)
             features = self.num_hiddens if full else self.num_hiddens // 2
-            pads = ((1, 1), (1, 1))
+            pads = ((1, 1), (1, 1))  # 4x4 / stride 2 halves every even size.
             h = downsampling_layer(self.downsample, features, self.dtype, f"down_{i}", pads, h.shape)(h)
             h = nn.relu(h)
         h = nn.Conv(self.num_hiddens, (3, 3), padding="SAME", dtype=self.dtype, name="conv3x3")(h)

@@ -15,7 +15,7 @@ VQ-VAE-2 at 256x256 (inputs of 64x64 and 128x128 pixels), no faster at 14x14 or 
 XLA's to ~6e-7 relative (summation order).
 
 `conv_phase_grad` keeps XLA's strided convolution for the forward (bit-identical values) and XLA's
-kernel gradient (the per-phase kernel gradient was not faster: 0.5-1.8x by shape), and only replaces
+kernel gradient (the per-phase kernel gradient was not faster: 0.7-1.5x by shape), and only replaces
 the input gradient. `PhaseGradConv` is `nn.Conv` with it: same parameter names and shapes, so the
 config field `model.downsample` switches forms on any checkpoint. cuDNN and the TPU compute strided
 input gradients natively, so 'auto' picks the per-phase form on the CPU only, and there only for the
