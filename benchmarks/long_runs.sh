@@ -1,0 +1,62 @@
+#!/bin/bash
+# The long experiments behind benchmarks/RESULTS.md, as one queue that two workers (one per core) share.
+#
+#   bash benchmarks/long_runs.sh CORE JOB [JOB ...]
+#
+# Runs each JOB pinned to CPU core CORE, one after another, under /usr/bin/time -v (CPU time in the log).
+# A job is claimed atomically (mkdir), so two workers given the same list split it between them; a job
+# that finished is skipped and a job that was interrupted resumes exactly from its last checkpoint when
+# the same command runs again (in a later session too). Start a worker in the background with e.g.
+#
+#   setsid nohup bash benchmarks/long_runs.sh 1 issue14_seed3 issue14_seed4 >> $RUNS/worker1.log 2>&1 < /dev/null &
+#
+# Environment: RUNS (default /work/runs: workdirs, logs, claims), CODE (the source tree to run, default
+# this checkout; RESULTS names the commit of each table, e.g. a `git archive` of it), MNIST (the idx
+# files, default ../shared/data/mnist next to the checkout), PYTHON (default: python on PATH).
+# After a machine restart, stale claims of jobs that were running are removed by `--reset-claims`.
+#
+# Jobs:
+#   issue15_vqvae2, issue15_vqvae1_14x14    VQ-VAE-2 (2 levels) vs VQ-VAE (1 level, 14x14), 2000 steps
+#   issue16_PRESET                          one row of the issue-16 quantizer table (configs/vqvae.py:mnist,
+#                                           quantizer=PRESET, 2000 steps); also issue16_residual_vq2
+#                                           (2 stages) and the LFQ ablations issue16_lfq_entropy0 and
+#                                           issue16_lfq_commit1
+#   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, 5000 steps
+#   classifier_mnist                        configs/classifier.py:mnist (for InfoGAN's class measures and
+#                                           the priors' sample evaluation)
+set -u
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+RUNS=${RUNS:-/work/runs}
+CODE=${CODE:-$HERE}
+MNIST=$(cd "${MNIST:-$HERE/../shared/data/mnist}" && pwd) || { echo "no MNIST idx files: set MNIST=DIR" >&2; exit 2; }
+PYTHON=${PYTHON:-python}
+mkdir -p "$RUNS/claims" "$RUNS/logs"
+if [ "${1:-}" = "--reset-claims" ]; then
+  find "$RUNS/claims" -mindepth 1 -maxdepth 1 -type d -exec rmdir {} \; ; exit 0
+fi
+CORE=${1:?usage: long_runs.sh CORE JOB...}; shift
+cd "$CODE" || exit 2
+
+for JOB in "$@"; do
+  [ -e "$RUNS/claims/$JOB.done" ] && continue
+  mkdir "$RUNS/claims/$JOB" 2>/dev/null || continue
+  case $JOB in
+    issue15_vqvae2) ARGS=(--config=configs/vqvae2.py:mnist --config.num_train_steps=2000);;
+    issue15_vqvae1_14x14) ARGS=(--config=configs/vqvae.py:mnist --config.model.num_downsamples=1 --config.num_train_steps=2000);;
+    issue16_residual_vq2) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_vq" --config.quantizer.num_stages=2);;
+    issue16_lfq_entropy0) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.entropy_weight=0.0);;
+    issue16_lfq_commit1) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.commitment_cost=1.0);;
+    issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
+    issue14_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_seed}"
+                         --config.num_train_steps=5000 --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
+    classifier_mnist) ARGS=(--config=configs/classifier.py:mnist);;
+    *) echo "unknown job $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
+  esac
+  echo "$(date -u +%FT%T) core $CORE start $JOB"
+  /usr/bin/time -v taskset -c "$CORE" "$PYTHON" -m vqlatent.main "${ARGS[@]}" \
+    --config.data.manual_dir="$MNIST" --workdir="$RUNS/$JOB" >> "$RUNS/logs/$JOB.log" 2>&1
+  rc=$?
+  echo "$(date -u +%FT%T) core $CORE end $JOB exit $rc"
+  [ $rc -eq 0 ] && touch "$RUNS/claims/$JOB.done"
+  rmdir "$RUNS/claims/$JOB"
+done
