@@ -28,12 +28,12 @@ set -u
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 RUNS=${RUNS:-/work/runs}
 CODE=${CODE:-$HERE}
-MNIST=$(cd "${MNIST:-$HERE/../shared/data/mnist}" && pwd) || { echo "no MNIST idx files: set MNIST=DIR" >&2; exit 2; }
 PYTHON=${PYTHON:-python}
 mkdir -p "$RUNS/claims" "$RUNS/logs"
 if [ "${1:-}" = "--reset-claims" ]; then
   find "$RUNS/claims" -mindepth 1 -maxdepth 1 -type d -exec rmdir {} \; ; exit 0
 fi
+MNIST=$(cd "${MNIST:-$HERE/../shared/data/mnist}" && pwd) || { echo "no MNIST idx files: set MNIST=DIR" >&2; exit 2; }
 CORE=${1:?usage: long_runs.sh CORE JOB...}; shift
 cd "$CODE" || exit 2
 
