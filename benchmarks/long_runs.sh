@@ -20,8 +20,16 @@
 #   issue16_PRESET                          one row of the issue-16 quantizer table (configs/vqvae.py:mnist,
 #                                           quantizer=PRESET, 2000 steps); also issue16_residual_vq2
 #                                           (2 stages) and the LFQ ablations issue16_lfq_entropy0 and
-#                                           issue16_lfq_commit1
-#   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, 5000 steps
+#                                           issue16_lfq_commit1, SimVQ with its linear map at 10x the
+#                                           learning rate issue16_simvq_lr10, and residual FSQ without
+#                                           quantize dropout issue16_residual_fsq_nodrop
+#   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, ISSUE14_STEPS steps
+#                                           (default 5000; the learning rates are constant, so a shorter run
+#                                           is the start of a longer one and extends exactly)
+#   issue14_eval_seedN, issue14_traverse_seedN
+#                                           seed N's newest checkpoint: --mode=eval with the MNIST
+#                                           classifier (the continuous codes' class-keeping measures;
+#                                           needs classifier_mnist) and --mode=traverse (10-column grids)
 #   classifier_mnist                        configs/classifier.py:mnist (for InfoGAN's class measures and
 #                                           the priors' sample evaluation)
 set -u
@@ -40,21 +48,30 @@ cd "$CODE" || exit 2
 for JOB in "$@"; do
   [ -e "$RUNS/claims/$JOB.done" ] && continue
   mkdir "$RUNS/claims/$JOB" 2>/dev/null || continue
+  WORKDIR=$RUNS/$JOB
   case $JOB in
     issue15_vqvae2) ARGS=(--config=configs/vqvae2.py:mnist --config.num_train_steps=2000);;
     issue15_vqvae1_14x14) ARGS=(--config=configs/vqvae.py:mnist --config.model.num_downsamples=1 --config.num_train_steps=2000);;
     issue16_residual_vq2) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_vq" --config.quantizer.num_stages=2);;
     issue16_lfq_entropy0) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.entropy_weight=0.0);;
     issue16_lfq_commit1) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.commitment_cost=1.0);;
+    issue16_simvq_lr10) ARGS=("--config=configs/vqvae.py:mnist,quantizer=simvq" --config.optimizer.lr_multipliers=codebook_transform=10);;
+    issue16_residual_fsq_nodrop) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_fsq" --config.quantizer.quantize_dropout=False);;
     issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
     issue14_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_seed}"
-                         --config.num_train_steps=5000 --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
+                         "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
+    issue14_eval_seed*|issue14_traverse_seed*)
+      SEED=${JOB##*_seed}; WORKDIR=$RUNS/issue14_seed$SEED
+      MODE="eval"; [ "${JOB#issue14_traverse}" != "$JOB" ] && MODE="traverse"
+      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE"
+            "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250
+            "--config.traversal.classifier_workdir=$RUNS/classifier_mnist");;
     classifier_mnist) ARGS=(--config=configs/classifier.py:mnist);;
     *) echo "unknown job $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
   esac
   echo "$(date -u +%FT%T) core $CORE start $JOB"
   /usr/bin/time -v taskset -c "$CORE" "$PYTHON" -m vqlatent.main "${ARGS[@]}" \
-    --config.data.manual_dir="$MNIST" --workdir="$RUNS/$JOB" >> "$RUNS/logs/$JOB.log" 2>&1
+    --config.data.manual_dir="$MNIST" --workdir="$WORKDIR" >> "$RUNS/logs/$JOB.log" 2>&1
   rc=$?
   echo "$(date -u +%FT%T) core $CORE end $JOB exit $rc"
   [ $rc -eq 0 ] && touch "$RUNS/claims/$JOB.done"

@@ -470,3 +470,39 @@ def test_constant_schedule_warms_up_linearly_then_holds_the_learning_rate():
         rates.append(-float(updates["w"]))
     np.testing.assert_allclose(rates[:10], 1e-3 * np.arange(10) / 10, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(rates[10:], 1e-3, rtol=1e-5)
+
+
+def test_lr_multipliers_scale_the_named_parameters_learning_rate_only():
+    cfg = default_optimizer_config(1e-3)
+    cfg.lr_multipliers = "codebook_transform=10, head=0.5"
+    tx = make_optimizer(cfg, num_train_steps=100)
+    zeros = jax.numpy.zeros(())
+    params = {
+        "quantizer": {"codebook_transform": {"kernel": zeros}, "proj": {"kernel": zeros}},
+        "head": {"kernel": zeros, "bias": zeros},
+    }
+    state = tx.init(params)
+    ones = jax.tree.map(jax.numpy.ones_like, params)
+    for _ in range(3):  # Adam's update of a constant unit gradient is -lr each step (float32 rounding aside).
+        updates, state = tx.update(ones, state, params)
+        rates = jax.tree.map(lambda u: -float(u), updates)
+        np.testing.assert_allclose(rates["quantizer"]["codebook_transform"]["kernel"], 1e-2, rtol=1e-4)
+        np.testing.assert_allclose(rates["quantizer"]["proj"]["kernel"], 1e-3, rtol=1e-4)
+        np.testing.assert_allclose([rates["head"]["kernel"], rates["head"]["bias"]], 5e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("codebook_transform", "positive finite"),
+        ("w=-1", "positive finite"),
+        ("=3", "NAME=M"),
+        ("w=2,w=3", "twice"),
+        ("nothere=2", "on no parameter's path.*kernel"),
+    ],
+)
+def test_lr_multipliers_bad_input_is_refused(spec, match):
+    cfg = default_optimizer_config(1e-3)
+    cfg.lr_multipliers = spec
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(cfg, num_train_steps=10).init({"w": {"kernel": jax.numpy.zeros(())}})
