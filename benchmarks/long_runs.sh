@@ -20,8 +20,8 @@
 #   issue16_PRESET                          one row of the issue-16 quantizer table (configs/vqvae.py:mnist,
 #                                           quantizer=PRESET, 2000 steps); also issue16_residual_vq2
 #                                           (2 stages) and the LFQ ablations issue16_lfq_entropy0 and
-#                                           issue16_lfq_commit1, SimVQ with its linear map at 10x the
-#                                           learning rate issue16_simvq_lr10, and residual FSQ without
+#                                           issue16_lfq_commit1, SimVQ with its linear map at M times
+#                                           the learning rate issue16_simvq_lrM (e.g. lr10), and residual FSQ without
 #                                           quantize dropout issue16_residual_fsq_nodrop
 #   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, ISSUE14_STEPS steps
 #                                           (default 5000; the learning rates are constant, so a shorter run
@@ -55,7 +55,7 @@ for JOB in "$@"; do
     issue16_residual_vq2) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_vq" --config.quantizer.num_stages=2);;
     issue16_lfq_entropy0) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.entropy_weight=0.0);;
     issue16_lfq_commit1) ARGS=("--config=configs/vqvae.py:mnist,quantizer=lfq" --config.quantizer.commitment_cost=1.0);;
-    issue16_simvq_lr10) ARGS=("--config=configs/vqvae.py:mnist,quantizer=simvq" --config.optimizer.lr_multipliers=codebook_transform=10);;
+    issue16_simvq_lr*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=simvq" "--config.optimizer.lr_multipliers=codebook_transform=${JOB#issue16_simvq_lr}");;
     issue16_residual_fsq_nodrop) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_fsq" --config.quantizer.quantize_dropout=False);;
     issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
     issue14_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_seed}"
