@@ -52,7 +52,8 @@ mnist_invariant — `:mnist` with the invariant information term (issue 14,
   accuracy of the categorical code 96.2 / 96.0 / 92.1% at step 2000 (faithful
   `:mnist` at that step: 71-74%). Seed 0 of this config (2026-11-29, one CPU
   core shared with ~6 other jobs, about 6 s a step): 62.7 / 82.8 / 92.1% at
-  steps 250 / 500 / 750. Five seeds at 2000 steps: benchmarks/RESULTS.md.
+  steps 250 / 500 / 750. Five seeds at 3500 steps (2026-12-05, benchmarks/RESULTS.md, about 50 min
+  each on one core): 96.6 / 97.4 / 88.1 / 96.3 / 98.0% (median 96.6%, seed 2 stuck at 88%).
   Its continuous codes at step 750, measured with the MNIST classifier
   (`--config.traversal.classifier_workdir=`, configs/classifier.py:mnist,
   99.32%): code 0 turns the digits (within-sweep correlation with slant 0.93,
