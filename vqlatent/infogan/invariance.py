@@ -176,7 +176,9 @@ def bilinear_sample(images: jax.Array, src_y: jax.Array, src_x: jax.Array) -> ja
     fy, fx = src_y - y0, src_x - x0
     y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
     flat = images.reshape(b, h * w, c)
-    out = jnp.zeros((*src_y.shape, c), jnp.float32)
+    # Sums in float32 at least (bfloat16 images), in the images' own precision above it.
+    accumulate = jnp.promote_types(images.dtype, jnp.float32)
+    out = jnp.zeros((*src_y.shape, c), accumulate)
     for dy, wy in ((0, 1.0 - fy), (1, fy)):
         for dx, wx in ((0, 1.0 - fx), (1, fx)):
             yy, xx = y0 + dy, x0 + dx
@@ -184,7 +186,7 @@ def bilinear_sample(images: jax.Array, src_y: jax.Array, src_x: jax.Array) -> ja
             index = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).reshape(b, -1, 1)
             values = jnp.take_along_axis(flat, index, axis=1).reshape(*src_y.shape, c)
             weight = jnp.where(inside, wy * wx, 0.0)[..., None]
-            out = out + weight * values.astype(jnp.float32)
+            out = out + weight * values.astype(accumulate)
     return out.astype(images.dtype)
 
 

@@ -122,7 +122,8 @@ class Generator(nn.Module):
             )(h)
             h = nn.relu(_batch_norm(train, self.dtype, f"upconv{i}_bn")(h))
         h = upsampling_layer(self.upsample, self.out_channels, self.dtype, "upconv_out", kernel_init=init)(h)
-        return nn.sigmoid(h.astype(jnp.float32))
+        # Images in float32 at least: bfloat16 logits are widened, float64 (tests) kept.
+        return nn.sigmoid(h.astype(jnp.promote_types(h.dtype, jnp.float32)))
 
 
 class Discriminator(nn.Module):
