@@ -26,6 +26,8 @@
 #   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, ISSUE14_STEPS steps
 #                                           (default 5000; the learning rates are constant, so a shorter run
 #                                           is the start of a longer one and extends exactly)
+#   issue14_thick_seedN                     the same with the stroke-thickness change in the transformation
+#                                           (info.augment.max_thickness=0.5), ISSUE14_STEPS steps
 #   issue14_eval_seedN, issue14_traverse_seedN
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
@@ -59,6 +61,9 @@ for JOB in "$@"; do
     issue16_residual_fsq_nodrop) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_fsq" --config.quantizer.quantize_dropout=False);;
     issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
     issue14_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_seed}"
+                         "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
+    issue14_thick_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_thick_seed}"
+                         --config.info.augment.max_thickness=0.5
                          "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
     issue14_eval_seed*|issue14_traverse_seed*)
       SEED=${JOB##*_seed}; WORKDIR=$RUNS/issue14_seed$SEED

@@ -1,5 +1,6 @@
 """InfoGAN: the bound, the likelihoods, the matched accuracy, sharding, gradients, bad input."""
 
+import dataclasses
 import json
 import math
 import os
@@ -499,6 +500,49 @@ def test_random_transform_draws_per_sample_within_the_ranges_and_keeps_bf16():
     assert bool(jnp.all(jnp.isfinite(out.astype(jnp.float32))))
 
 
+def test_thickness_change_dilates_and_erodes_a_bar_by_one_pixel_each_side():
+    # A vertical bar 3 pixels wide in a 9x9 image (two images, two channels).
+    bar = np.zeros((2, 9, 9, 2), np.float32)
+    bar[:, 2:7, 3:6] = 1.0
+    change = jax.jit(invariance.change_thickness)
+    np.testing.assert_array_equal(change(bar, jnp.zeros((2,))), bar)
+    thick, thin = np.asarray(change(bar, jnp.array([1.0, -1.0])))
+    expected_thick, expected_thin = np.zeros((9, 9, 2), np.float32), np.zeros((9, 9, 2), np.float32)
+    expected_thick[1:8, 2:7] = 1.0  # One pixel more on every side (the 3x3 maximum).
+    expected_thin[3:6, 4:5] = 1.0  # One pixel less on every side (the 3x3 minimum).
+    np.testing.assert_array_equal(thick, expected_thick)
+    np.testing.assert_array_equal(thin, expected_thin)
+    # A blend: half-way to the dilation adds 0.5 on the new border pixels, keeps the rest.
+    half = np.asarray(change(bar, jnp.array([0.5, 0.5])))[0]
+    np.testing.assert_array_equal(half, 0.5 * (bar[0] + expected_thick))
+    # The ink changes monotonically with the blend, and the transformation is differentiable.
+    ink = [float(change(bar, jnp.full((2,), a)).sum()) for a in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+    assert ink == sorted(ink) and ink[0] < ink[2] < ink[4]
+    grad = jax.grad(lambda x: jnp.sum(change(x, jnp.array([0.7, -0.3])) ** 2))(jnp.asarray(bar))
+    assert bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).sum()) > 0
+
+
+def test_random_transform_with_thickness_keeps_the_affine_draw_and_is_identity_at_zero():
+    images = _random_images((5, 12, 12, 1))
+    rng = jax.random.PRNGKey(3)
+    affine = invariance.TransformRanges(
+        max_rotation_degrees=10.0, scale_range=(0.9, 1.1), max_shift_pixels=1.0
+    )
+    thick = invariance.TransformRanges(
+        max_rotation_degrees=0.0, scale_range=(1.0, 1.0), max_shift_pixels=0.0, max_thickness=0.5
+    )
+    both = dataclasses.replace(affine, max_thickness=0.5)
+    transform = jax.jit(invariance.random_transform, static_argnums=2)
+    assert not thick.is_identity and not both.is_identity
+    # The thickness draw is a key folded from the affine one: the affine part of a run is the same
+    # with or without it, so T = affine(thickness(x)).
+    amount = jax.random.uniform(jax.random.fold_in(rng, 1), (5,), jnp.float32, -0.5, 0.5)
+    thickened = invariance.change_thickness(images, amount)
+    np.testing.assert_allclose(transform(rng, images, thick), thickened, atol=1e-6)  # Up to fusion.
+    np.testing.assert_allclose(transform(rng, images, both), transform(rng, thickened, affine), atol=1e-6)
+    assert not np.allclose(transform(rng, images, both), transform(rng, images, affine))
+
+
 def _augment_task(data_dir, ranges=None, dtype="float32"):
     config = tiny_infogan_config(data_dir)
     config.dtype = dtype
@@ -628,6 +672,8 @@ def test_mnist_invariant_is_mnist_with_the_augmented_term():
         ({"scale_range": (1.1, 0.9)}, r"info.augment.scale_range=\(1.1, 0.9\) is empty or not positive"),
         ({"scale_range": (0.0, 1.0)}, r"info.augment.scale_range=\(0.0, 1.0\) is empty or not positive"),
         ({"scale_range": (1.0,)}, r"info.augment.scale_range=\(1.0,\) must be \(low, high\)"),
+        ({"max_thickness": -0.5}, r"info.augment.max_thickness=-0.5: .* must be in \[0, 1\]"),
+        ({"max_thickness": 1.5}, r"info.augment.max_thickness=1.5: .* must be in \[0, 1\]"),
     ],
 )
 def test_bad_transformation_ranges_are_clear_errors(tmp_path, data_dir, updates, message):
