@@ -11,9 +11,11 @@ steps. This script times, for the activation shapes of those two models, one cor
 1. the elementwise producer alone (bias add + ReLU) and the same with the [C, H, W, N] copy fused
    in (what the step runs), with the bytes per second of the copy, under each XLA flag set
    (one process per set: XLA reads `XLA_FLAGS` once);
-2. two ways to compute a convolution's kernel gradient, forward + both gradients, jitted: XLA's own
-   (the transposed convolution above) and im2col (the kh*kw shifted views concatenated, then one
-   matmul over N*H*W), with the largest difference between the two.
+2. three ways to compute a convolution's kernel gradient, forward + both gradients, jitted: XLA's own
+   (the transposed convolution above), im2col (the kh*kw shifted views concatenated, then one
+   matmul over N*H*W) and, for stride 1, per tap (the padded activations flattened to
+   [N*Hp*Wp, C], so that the tap (a, b) is the contiguous rows from a*Wp + b: kh*kw matmuls
+   contracting over the rows, with no [C, H, W, N] copy), with the largest difference from XLA's.
 
 Flag sets are `package` (vqlatent's CPU flags, `vqlatent.backend.CPU_XLA_FLAGS`) plus one more flag
 each; see FLAG_SETS.
@@ -108,6 +110,28 @@ def _patches(x, kh, kw, stride):
     return jnp.concatenate(views, axis=-1)  # (N, Ho, Wo, kh*kw*C), flattened like HWIO
 
 
+def _taps_kernel_gradient(x, g, kh, kw):
+    """dw[a, b] = sum over rows of X[o : o + M]^T G, o = a * Wp + b (stride 1, padding 1)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    n, h, w, c = x.shape
+    hp, wp = h + 2, w + 2  # Padding 1 on each side; a kh x kw kernel reads rows a .. a + h - 1.
+    rows = n * hp * wp
+    xf = jnp.pad(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(rows, c), ((0, hp * wp), (0, 0)))
+    # The output gradient at the top-left of each padded frame (Ho = h + 3 - kh rows), zeros elsewhere.
+    ho, wo = g.shape[1], g.shape[2]
+    gf = jnp.pad(g, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(rows, g.shape[-1])
+    taps = [
+        lax.dot_general(
+            xf[a * wp + b : a * wp + b + rows], gf, (((0,), (0,)), ((), ())), precision=lax.Precision.HIGHEST
+        )
+        for a in range(kh)
+        for b in range(kw)
+    ]
+    return jnp.stack(taps)
+
+
 def _kernel_gradients() -> dict:
     import jax
     import jax.numpy as jnp
@@ -141,16 +165,30 @@ def _kernel_gradients() -> dict:
             return dx, dw.reshape(w.shape)
 
         conv_im2col.defvjp(fwd, bwd)
+
+        @jax.custom_vjp
+        def conv_taps(x, w):
+            return conv(x, w)
+
+        def bwd_taps(res, g):
+            x, w = res
+            dx = jax.vjp(lambda x: conv(x, w), x)[1](g)[0]
+            return dx, _taps_kernel_gradient(x, g, w.shape[0], w.shape[1]).reshape(w.shape)
+
+        conv_taps.defvjp(fwd, bwd_taps)
+        forms = (("xla", conv), ("im2col", conv_im2col)) + ((("taps", conv_taps),) if stride == 1 else ())
         x = jax.random.normal(jax.random.PRNGKey(0), xshape)
         w = 0.05 * jax.random.normal(jax.random.PRNGKey(1), wshape)
         steps = {
             label: jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1)))
-            for label, f in (("xla", conv), ("im2col", conv_im2col))
+            for label, f in forms
         }
         grads = {label: step(x, w) for label, step in steps.items()}
         scale = float(jnp.max(jnp.abs(grads["xla"][1])))
         out[name] = {label: _median_process_ms(step, x, w) for label, step in steps.items()}
-        out[name]["max_rel_diff"] = float(jnp.max(jnp.abs(grads["xla"][1] - grads["im2col"][1]))) / scale
+        out[name]["max_rel_diff"] = max(
+            float(jnp.max(jnp.abs(grads["xla"][1] - grads[label][1]))) / scale for label in steps
+        )
     return out
 
 
@@ -184,11 +222,12 @@ def main(argv) -> None:
             gbs = r["bytes"] / max(r["with_copy_ms"] - r["plain_ms"], 1e-6) / 1e6
             cells.append(f"{r['plain_ms']:.2f} / {r['with_copy_ms']:.2f} ({gbs:.1f} GB/s)")
         print(f"| {set_name} | " + " | ".join(cells) + " |", flush=True)
-    print("\n2. forward + both gradients, ms (package flags): XLA's kernel gradient vs im2col + one matmul")
-    print("| convolution | XLA | im2col | max relative difference of the kernel gradient |")
-    print("|---|---|---|---|")
+    print("\n2. forward + both gradients, ms (package flags): XLA's kernel gradient vs im2col vs per tap")
+    print("| convolution | XLA | im2col | per tap | max relative difference of the kernel gradient |")
+    print("|---|---|---|---|---|")
     for name, r in _run("kernel_gradients", FLAG_SETS["package"]).items():
-        print(f"| {name} | {r['xla']:.1f} | {r['im2col']:.1f} | {r['max_rel_diff']:.1e} |")
+        taps = f"{r['taps']:.1f}" if "taps" in r else "(stride 2)"
+        print(f"| {name} | {r['xla']:.1f} | {r['im2col']:.1f} | {taps} | {r['max_rel_diff']:.1e} |")
 
 
 if __name__ == "__main__":
