@@ -28,7 +28,7 @@
 #                                           is the start of a longer one and extends exactly)
 #   issue14_thick_seedN                     the same with the stroke-thickness change in the transformation
 #                                           (info.augment.max_thickness=0.5), ISSUE14_STEPS steps
-#   issue14_eval_seedN, issue14_traverse_seedN
+#   issue14_eval_seedN, issue14_traverse_seedN (and issue14_thick_eval_seedN, issue14_thick_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
 #                                           needs classifier_mnist) and --mode=traverse (10-column grids)
@@ -65,10 +65,12 @@ for JOB in "$@"; do
     issue14_thick_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_thick_seed}"
                          --config.info.augment.max_thickness=0.5
                          "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
-    issue14_eval_seed*|issue14_traverse_seed*)
-      SEED=${JOB##*_seed}; WORKDIR=$RUNS/issue14_seed$SEED
-      MODE="eval"; [ "${JOB#issue14_traverse}" != "$JOB" ] && MODE="traverse"
-      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE"
+    issue14_eval_seed*|issue14_traverse_seed*|issue14_thick_eval_seed*|issue14_thick_traverse_seed*)
+      SEED=${JOB##*_seed}; THICK=(); PREFIX=issue14_
+      [ "${JOB#issue14_thick_}" != "$JOB" ] && THICK=(--config.info.augment.max_thickness=0.5) && PREFIX=issue14_thick_
+      WORKDIR=$RUNS/${PREFIX}seed$SEED
+      MODE="eval"; [ "${JOB#"${PREFIX}"traverse}" != "$JOB" ] && MODE="traverse"
+      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${THICK[@]}"
             "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250
             "--config.traversal.classifier_workdir=$RUNS/classifier_mnist");;
     classifier_mnist) ARGS=(--config=configs/classifier.py:mnist);;
