@@ -659,8 +659,11 @@ def test_mnist_invariant_is_mnist_with_the_augmented_term():
         invariant.info.augment.max_rotation_degrees,
         tuple(invariant.info.augment.scale_range),
         invariant.info.augment.max_shift_pixels,
-    ) == (15.0, (0.9, 1.1), 2.0)
+        invariant.info.augment.max_thickness,
+    ) == (15.0, (0.9, 1.1), 2.0, 0.5)
+    assert faithful.info.augment.max_thickness == 0.0
     invariant.info.augment.enabled = False
+    invariant.info.augment.max_thickness = 0.0
     assert invariant.to_dict() == faithful.to_dict()
 
 
