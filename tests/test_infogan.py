@@ -556,10 +556,10 @@ def test_invariant_term_with_the_identity_transformation_is_the_plain_term(data_
     rng = jax.random.PRNGKey(2)
 
     def tasks_and_inputs(dtype):
-        plain, (batch,) = _task_and_batches(tiny_infogan_config(data_dir), 1)
+        config = tiny_infogan_config(data_dir)
+        config.dtype = dtype
+        plain, (batch,) = _task_and_batches(config, 1)
         invariant, _ = _augment_task(data_dir, IDENTITY, dtype=dtype)
-        plain.config.dtype = dtype
-        plain = make_task(plain.config, data_lib.get_spec(plain.config.data))
         assert plain.augment is None and invariant.augment.is_identity
         state = jax.jit(plain.init_state)(jax.random.PRNGKey(0), plain.dummy_batch())
         latents = sample_latents(jax.random.PRNGKey(1), plain.latent_spec, 16)

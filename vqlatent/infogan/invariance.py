@@ -118,18 +118,13 @@ class TransformRanges:
         )
 
 
-AUGMENT_FIELDS = ("enabled", "max_rotation_degrees", "scale_range", "max_shift_pixels", "max_thickness")
+RANGE_FIELDS = tuple(field.name for field in dataclasses.fields(TransformRanges))
+AUGMENT_FIELDS = ("enabled", *RANGE_FIELDS)
 
 
 def augment_default_config() -> dict[str, Any]:
-    """`config.info.augment` of every InfoGAN config (off; the issue-14 ranges when turned on)."""
-    return dict(
-        enabled=False,
-        max_rotation_degrees=15.0,
-        scale_range=(0.9, 1.1),
-        max_shift_pixels=2.0,
-        max_thickness=0.0,
-    )
+    """`config.info.augment` of every InfoGAN config (off; TransformRanges' defaults when turned on)."""
+    return dict(enabled=False, **{name: getattr(TransformRanges, name) for name in RANGE_FIELDS})
 
 
 def transform_ranges_from_config(cfg: Mapping[str, Any] | None, spec: LatentSpec) -> TransformRanges | None:
@@ -139,11 +134,12 @@ def transform_ranges_from_config(cfg: Mapping[str, Any] | None, spec: LatentSpec
     unknown = sorted(set(cfg.keys()) - set(AUGMENT_FIELDS))
     if unknown:
         raise ValueError(f"Unknown field(s) {unknown} in info.augment; known: {list(AUGMENT_FIELDS)}.")
+    value = {name: cfg.get(name, getattr(TransformRanges, name)) for name in RANGE_FIELDS}
     ranges = TransformRanges(
-        max_rotation_degrees=float(cfg.get("max_rotation_degrees", 15.0)),
-        scale_range=tuple(float(v) for v in cfg.get("scale_range", (0.9, 1.1))),
-        max_shift_pixels=float(cfg.get("max_shift_pixels", 2.0)),
-        max_thickness=float(cfg.get("max_thickness", 0.0)),
+        max_rotation_degrees=float(value["max_rotation_degrees"]),
+        scale_range=tuple(float(v) for v in value["scale_range"]),
+        max_shift_pixels=float(value["max_shift_pixels"]),
+        max_thickness=float(value["max_thickness"]),
     )  # Validated even when off: a bad range is a mistake either way.
     if not cfg.get("enabled", False):
         return None
