@@ -26,9 +26,10 @@
 #   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, ISSUE14_STEPS steps
 #                                           (default 5000; the learning rates are constant, so a shorter run
 #                                           is the start of a longer one and extends exactly)
-#   issue14_thick_seedN                     the same with the stroke-thickness change in the transformation
-#                                           (info.augment.max_thickness=0.5), ISSUE14_STEPS steps
-#   issue14_eval_seedN, issue14_traverse_seedN (and issue14_thick_eval_seedN, issue14_thick_traverse_seedN)
+#   issue14_VARIANT_seedN                   the same with a changed transformation, ISSUE14_STEPS steps:
+#                                           thick (info.augment.max_thickness=0.5), rot30thick (and
+#                                           max_rotation_degrees=30)
+#   issue14_eval_seedN, issue14_traverse_seedN (and issue14_VARIANT_eval_seedN, issue14_VARIANT_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
 #                                           needs classifier_mnist) and --mode=traverse (10-column grids)
@@ -60,19 +61,20 @@ for JOB in "$@"; do
     issue16_simvq_lr*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=simvq" "--config.optimizer.lr_multipliers=codebook_transform=${JOB#issue16_simvq_lr}");;
     issue16_residual_fsq_nodrop) ARGS=("--config=configs/vqvae.py:mnist,quantizer=residual_fsq" --config.quantizer.quantize_dropout=False);;
     issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
-    issue14_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_seed}"
-                         "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
-    issue14_thick_seed*) ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=${JOB#issue14_thick_seed}"
-                         --config.info.augment.max_thickness=0.5
-                         "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250);;
-    issue14_eval_seed*|issue14_traverse_seed*|issue14_thick_eval_seed*|issue14_thick_traverse_seed*)
-      SEED=${JOB##*_seed}; THICK=(); PREFIX=issue14_
-      [ "${JOB#issue14_thick_}" != "$JOB" ] && THICK=(--config.info.augment.max_thickness=0.5) && PREFIX=issue14_thick_
-      WORKDIR=$RUNS/${PREFIX}seed$SEED
-      MODE="eval"; [ "${JOB#"${PREFIX}"traverse}" != "$JOB" ] && MODE="traverse"
-      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${THICK[@]}"
-            "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250
-            "--config.traversal.classifier_workdir=$RUNS/classifier_mnist");;
+    issue14_*seed*)
+      # issue14_[VARIANT_][eval_|traverse_]seedN: the variant's extra flags, the mode, and the training workdir.
+      NAME=${JOB#issue14_}; SEED=${NAME##*seed}; NAME=${NAME%seed*}; MODE=train
+      case $NAME in *eval_) MODE=eval; NAME=${NAME%eval_};; *traverse_) MODE=traverse; NAME=${NAME%traverse_};; esac
+      case $NAME in
+        "") EXTRA=();;
+        thick_) EXTRA=(--config.info.augment.max_thickness=0.5);;
+        rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_rotation_degrees=30);;
+        *) echo "unknown issue-14 variant in $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
+      esac
+      WORKDIR=$RUNS/issue14_${NAME}seed$SEED
+      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${EXTRA[@]}"
+            "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250)
+      [ "$MODE" != train ] && ARGS+=("--config.traversal.classifier_workdir=$RUNS/classifier_mnist");;
     classifier_mnist) ARGS=(--config=configs/classifier.py:mnist);;
     *) echo "unknown job $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
   esac
