@@ -28,7 +28,7 @@
 #                                           is the start of a longer one and extends exactly)
 #   issue14_VARIANT_seedN                   the same with a changed transformation, ISSUE14_STEPS steps:
 #                                           thick (info.augment.max_thickness=0.5), rot30thick (and
-#                                           max_rotation_degrees=30)
+#                                           max_rotation_degrees=30), shear03thick (and max_shear=0.3)
 #   issue14_eval_seedN, issue14_traverse_seedN (and issue14_VARIANT_eval_seedN, issue14_VARIANT_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
@@ -69,6 +69,7 @@ for JOB in "$@"; do
         "") EXTRA=();;
         thick_) EXTRA=(--config.info.augment.max_thickness=0.5);;
         rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_rotation_degrees=30);;
+        shear03thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3);;
         *) echo "unknown issue-14 variant in $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
       esac
       WORKDIR=$RUNS/issue14_${NAME}seed$SEED

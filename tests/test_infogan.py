@@ -543,6 +543,38 @@ def test_random_transform_with_thickness_keeps_the_affine_draw_and_is_identity_a
     assert not np.allclose(transform(rng, images, both), transform(rng, images, affine))
 
 
+def test_shear_moves_each_row_by_k_pixels_per_row_and_keeps_the_other_draws():
+    images = _random_images((3, 9, 9, 2))
+    zeros, ones, no_shift = jnp.zeros((3,)), jnp.ones((3,)), jnp.zeros((3, 2))
+    transform = jax.jit(invariance.affine_transform)
+    np.testing.assert_array_equal(transform(images, zeros, ones, no_shift, zeros), images)
+    # k = 1 on an odd image: row r (from the centre, 4) moves by r - 4 whole pixels, zeros coming in.
+    sheared = np.asarray(transform(images, zeros, ones, no_shift, jnp.array([1.0, -1.0, 0.0])))
+    expected = np.zeros((2, 9, 9, 2), np.float32)
+    for r in range(9):
+        for sign, out in ((1, expected[0]), (-1, expected[1])):
+            step = sign * (r - 4)
+            for c in range(9):
+                if 0 <= c - step < 9:
+                    out[r, c] = np.asarray(images)[0 if sign == 1 else 1, r, c - step]
+    np.testing.assert_array_equal(sheared[:2], expected)
+    np.testing.assert_array_equal(sheared[2], np.asarray(images)[2])
+    # The shear draw is a key folded from the affine one (2): with it on, the rotation, scale and
+    # shift of a run are the same draws, and the thickness draw too.
+    rng = jax.random.PRNGKey(4)
+    affine = invariance.TransformRanges(max_rotation_degrees=10.0, max_shift_pixels=1.0, max_thickness=0.5)
+    both = dataclasses.replace(affine, max_shear=0.3)
+    assert not dataclasses.replace(invariance.TransformRanges(**IDENTITY), max_shear=0.3).is_identity
+    k = jax.random.uniform(jax.random.fold_in(rng, 2), (3,), jnp.float32, -0.3, 0.3)
+    amount = jax.random.uniform(jax.random.fold_in(rng, 1), (3,), jnp.float32, -0.5, 0.5)
+    expected = invariance.affine_transform(
+        invariance.change_thickness(images, amount), *invariance.random_affine(rng, 3, affine), shear=k
+    )
+    np.testing.assert_allclose(
+        jax.jit(invariance.random_transform, static_argnums=2)(rng, images, both), expected, atol=1e-6
+    )
+
+
 def _augment_task(data_dir, ranges=None, dtype="float32"):
     config = tiny_infogan_config(data_dir)
     config.dtype = dtype
@@ -675,6 +707,8 @@ def test_mnist_invariant_is_mnist_with_the_augmented_term():
         ({"scale_range": (1.0,)}, r"info.augment.scale_range=\(1.0,\) must be \(low, high\)"),
         ({"max_thickness": -0.5}, r"info.augment.max_thickness=-0.5: .* must be in \[0, 1\]"),
         ({"max_thickness": 1.5}, r"info.augment.max_thickness=1.5: .* must be in \[0, 1\]"),
+        ({"max_shear": -0.1}, r"info.augment.max_shear=-0.1: .* must be in \[0, 1\]"),
+        ({"max_shear": 2.0}, r"info.augment.max_shear=2.0: .* must be in \[0, 1\]"),
     ],
 )
 def test_bad_transformation_ranges_are_clear_errors(tmp_path, data_dir, updates, message):
@@ -721,6 +755,22 @@ def test_a_rotated_bar_has_the_slant_it_was_rotated_by():
         vertical, jnp.radians(jnp.asarray(angles)), jnp.ones(len(angles)), jnp.zeros((len(angles), 2))
     )
     np.testing.assert_allclose(np.asarray(measures.slant_degrees(turned)), -np.asarray(angles), atol=1.5)
+
+
+def test_the_transformations_shear_slants_a_vertical_bar_by_minus_atan_k_and_keeps_its_width():
+    k = np.array([-0.4, -0.2, 0.0, 0.2, 0.4], np.float32)
+    vertical = jnp.tile(jnp.asarray(_bar(0.0, width=3.0).astype(np.float32))[None], (len(k), 1, 1, 1))
+    sheared = invariance.affine_transform(
+        vertical, jnp.zeros(len(k)), jnp.ones(len(k)), jnp.zeros((len(k), 2)), jnp.asarray(k)
+    )
+    np.testing.assert_allclose(
+        np.asarray(measures.slant_degrees(sheared)), -np.degrees(np.arctan(k)), atol=1.0
+    )
+    # The width is the deskewed spread, so the shear keeps it up to the resampling: bilinear
+    # interpolation at a fractional column offset f adds the variance f (1 - f) <= 1/4 to a row.
+    variance = np.asarray(measures.width_pixels(sheared)) ** 2 / 12
+    added = np.delete(variance - variance[2], 2)
+    assert np.all(added > 0) and np.all(added <= 0.25 + 1e-4), added
 
 
 def test_a_wider_rectangle_is_wider_and_shearing_keeps_the_width():
