@@ -6,9 +6,10 @@ NCHW), the same losses (non-saturating GAN with logits; -lambda_i E log Q(c_i | 
 per categorical code and a Gaussian per continuous code, std fixed or learned) and the same
 update: one step is the D/Q Adam update on a real batch and a generated batch held fixed, then the
 G Adam update through the updated D/Q on fresh latents (learning rates and betas from the config).
-With `info.augment` on, the categorical codes' term reads a randomly rotated/scaled/shifted copy
-of the fakes (`F.affine_grid` + `F.grid_sample`, bilinear, zeros outside: the transformation of
-vqlatent.infogan.invariance) in both updates.
+With `info.augment` on, the categorical codes' term reads a randomly thickened or thinned (3x3 max
+pooling of x or -x), sheared, rotated, scaled and shifted copy of the fakes (`F.affine_grid` +
+`F.grid_sample`, bilinear, zeros outside: the transformation of vqlatent.infogan.invariance) in
+both updates.
 
 Interface (for benchmarks/train_step_bench.py):
 
@@ -127,29 +128,50 @@ class Discriminator(nn.Module):
         return d_logits, self.layers["q_out"](q)
 
 
-def random_transform(images, max_rotation_degrees: float, scale_range, max_shift_pixels: float):
-    """Per image a random rotation in [-r, r] degrees, scale in scale_range and shift in [-d, d]^2
-    pixels about the centre; bilinear, zeros outside (vqlatent.infogan.invariance)."""
+def random_transform(
+    images,
+    max_rotation_degrees: float,
+    scale_range,
+    max_shift_pixels: float,
+    max_thickness: float = 0.0,
+    max_shear: float = 0.0,
+):
+    """Per image a random stroke-thickness blend in [-m, m], shear in [-k, k], rotation in [-r, r]
+    degrees, scale in scale_range and shift in [-d, d]^2 pixels about the centre; bilinear, zeros
+    outside (vqlatent.infogan.invariance)."""
     b = images.shape[0]
     u = torch.rand(b, 4, device=images.device) * 2 - 1
     angle = u[:, 0] * math.radians(max_rotation_degrees)
     low, high = scale_range
     scale = (low + high) / 2 + u[:, 1] * (high - low) / 2
-    return affine_transform(images, angle, scale, u[:, 2:] * max_shift_pixels)
+    if max_thickness > 0:
+        images = change_thickness(images, (torch.rand(b, device=images.device) * 2 - 1) * max_thickness)
+    shear = (torch.rand(b, device=images.device) * 2 - 1) * max_shear if max_shear > 0 else None
+    return affine_transform(images, angle, scale, u[:, 2:] * max_shift_pixels, shear)
 
 
-def affine_transform(images, angle, scale, shift):
+def change_thickness(images, amount):
+    """Our `invariance.change_thickness` on NCHW images: a blend towards the 3x3 dilation or erosion."""
+    dilated = F.max_pool2d(images, 3, stride=1, padding=1)  # Pads with -inf.
+    eroded = -F.max_pool2d(-images, 3, stride=1, padding=1)
+    a = amount[:, None, None, None]
+    return images + a.clamp(min=0) * (dilated - images) + (-a).clamp(min=0) * (eroded - images)
+
+
+def affine_transform(images, angle, scale, shift, shear=None):
     """Our `invariance.affine_transform` (shift = (rows, cols) in pixels) on NCHW images."""
     _, _, h, w = images.shape
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    # Normalised coordinates (align_corners=True: -1 and 1 are the outer pixels' centres).
+    k = torch.zeros_like(angle) if shear is None else shear
+    # The inverse map in pixels, (x, y) = (column, row) from the centre: S(k)^-1 R(-angle) / scale.
+    m = [[cos - k * sin, -sin - k * cos], [sin, cos]]
+    # In normalised coordinates (align_corners=True: -1 and 1 are the outer pixels' centres), with
+    # square pixels: theta = D^-1 m D, D = diag((w - 1) / 2, (h - 1) / 2), the shift likewise.
+    ry, rx = (h - 1) / (w - 1), (w - 1) / (h - 1)
+    a, b, c, d = m[0][0], m[0][1] * ry, m[1][0] * rx, m[1][1]
     tx, ty = shift[:, 1] / ((w - 1) / 2), shift[:, 0] / ((h - 1) / 2)
-    ry, rx = (h - 1) / (w - 1), (w - 1) / (h - 1)  # Pixels are square: rescale the rotation.
     theta = torch.stack(
-        [
-            torch.stack([cos, -sin * ry, -(cos * tx - sin * ry * ty)], dim=1),
-            torch.stack([sin * rx, cos, -(sin * rx * tx + cos * ty)], dim=1),
-        ],
+        [torch.stack([a, b, -(a * tx + b * ty)], dim=1), torch.stack([c, d, -(c * tx + d * ty)], dim=1)],
         dim=1,
     )
     grid = F.affine_grid(theta, list(images.shape), align_corners=True)
@@ -266,6 +288,8 @@ class TorchInfoGAN:
                 self.augment["max_rotation_degrees"],
                 tuple(self.augment["scale_range"]),
                 self.augment["max_shift_pixels"],
+                self.augment.get("max_thickness", 0.0),
+                self.augment.get("max_shear", 0.0),
             )
             _, q_transformed = self.discriminator(transformed)
             log_liks.update(

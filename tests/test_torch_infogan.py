@@ -130,12 +130,21 @@ def test_transformation_matches_ours():
     angle = np.radians(np.array([0.0, 15.0, -15.0, 90.0, 7.0, -3.0], np.float32))
     scale = np.array([1.0, 0.9, 1.1, 1.0, 1.05, 0.95], np.float32)
     shift = np.array([[0, 0], [2, -1], [-2, 1.5], [0, 0], [0.5, 0.25], [-1, -2]], np.float32)
-    ours = jax.jit(invariance.affine_transform)(images, angle, scale, shift)
+    shear = np.array([0.0, 0.3, -0.3, 0.1, 0.0, -0.2], np.float32)
+    ours = jax.jit(invariance.affine_transform)(images, angle, scale, shift, shear)
     theirs = torch_infogan.affine_transform(
-        _nchw(images), torch.from_numpy(angle), torch.from_numpy(scale), torch.from_numpy(shift)
+        _nchw(images),
+        torch.from_numpy(angle),
+        torch.from_numpy(scale),
+        torch.from_numpy(shift),
+        torch.from_numpy(shear),
     )
     np.testing.assert_allclose(theirs.permute(0, 2, 3, 1).numpy(), np.asarray(ours), atol=1e-4)
     assert math.isclose(float(jnp.max(jnp.abs(ours[0] - images[0]))), 0.0)
+    amount = np.array([1.0, -1.0, 0.5, -0.3, 0.0, 0.8], np.float32)
+    ours = invariance.change_thickness(images, amount)
+    theirs = torch_infogan.change_thickness(_nchw(images), torch.from_numpy(amount))
+    np.testing.assert_allclose(theirs.permute(0, 2, 3, 1).numpy(), np.asarray(ours), atol=1e-6)
 
 
 @pytest.mark.parametrize("arg", ["mnist", "mnist_invariant"])
