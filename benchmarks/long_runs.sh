@@ -23,12 +23,16 @@
 #                                           issue16_lfq_commit1, SimVQ with its linear map at M times
 #                                           the learning rate issue16_simvq_lrM (e.g. lr10), and residual FSQ without
 #                                           quantize dropout issue16_residual_fsq_nodrop
-#   issue14_seedN                           configs/infogan.py:mnist_invariant, seed N, ISSUE14_STEPS steps
+#   issue14_seedN                           configs/infogan.py:mnist_invariant with the affine map alone
+#                                           (no thickness change, no shear), seed N, ISSUE14_STEPS steps
 #                                           (default 5000; the learning rates are constant, so a shorter run
-#                                           is the start of a longer one and extends exactly)
+#                                           is the start of a longer one and extends exactly); with
+#                                           ISSUE14_CLASSIFIER=1 its evaluations measure class keeping too
+#                                           (needs classifier_mnist)
 #   issue14_VARIANT_seedN                   the same with a changed transformation, ISSUE14_STEPS steps:
 #                                           thick (info.augment.max_thickness=0.5), rot30thick (and
-#                                           max_rotation_degrees=30), shear03thick (and max_shear=0.3)
+#                                           max_rotation_degrees=30), shear03thick (thickness 0.5 and
+#                                           max_shear=0.3: the config's default since 2026-12-06)
 #   issue14_eval_seedN, issue14_traverse_seedN (and issue14_VARIANT_eval_seedN, issue14_VARIANT_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
@@ -66,16 +70,21 @@ for JOB in "$@"; do
       NAME=${JOB#issue14_}; SEED=${NAME##*seed}; NAME=${NAME%seed*}; MODE=train
       case $NAME in *eval_) MODE=eval; NAME=${NAME%eval_};; *traverse_) MODE=traverse; NAME=${NAME%traverse_};; esac
       case $NAME in
-        "") EXTRA=();;
-        thick_) EXTRA=(--config.info.augment.max_thickness=0.5);;
-        rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_rotation_degrees=30);;
+        "") EXTRA=(--config.info.augment.max_thickness=0.0 --config.info.augment.max_shear=0.0);;  # Affine only.
+        thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0);;
+        rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0
+                            --config.info.augment.max_rotation_degrees=30);;
         shear03thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3);;
         *) echo "unknown issue-14 variant in $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
       esac
       WORKDIR=$RUNS/issue14_${NAME}seed$SEED
       ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${EXTRA[@]}"
             "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250)
-      [ "$MODE" != train ] && ARGS+=("--config.traversal.classifier_workdir=$RUNS/classifier_mnist");;
+      # Eval and traverse always measure class keeping with the classifier; training runs' evaluations
+      # too when ISSUE14_CLASSIFIER=1.
+      if [ "$MODE" != train ] || [ "${ISSUE14_CLASSIFIER:-0}" = 1 ]; then
+        ARGS+=("--config.traversal.classifier_workdir=$RUNS/classifier_mnist")
+      fi;;
     classifier_mnist) ARGS=(--config=configs/classifier.py:mnist);;
     *) echo "unknown job $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
   esac

@@ -692,7 +692,8 @@ def test_mnist_invariant_is_mnist_with_the_augmented_term():
         tuple(invariant.info.augment.scale_range),
         invariant.info.augment.max_shift_pixels,
         invariant.info.augment.max_thickness,
-    ) == (15.0, (0.9, 1.1), 2.0, 0.0)
+        invariant.info.augment.max_shear,
+    ) == (15.0, (0.9, 1.1), 2.0, 0.5, 0.3)
     invariant.info.augment.enabled = False
     assert invariant.to_dict() == faithful.to_dict()
 
