@@ -67,8 +67,8 @@ for JOB in "$@"; do
     issue16_*) ARGS=("--config=configs/vqvae.py:mnist,quantizer=${JOB#issue16_}");;
     issue14_*seed*)
       # issue14_[VARIANT_][eval_|traverse_]seedN: the variant's extra flags, the mode, and the training workdir.
-      NAME=${JOB#issue14_}; SEED=${NAME##*seed}; NAME=${NAME%seed*}; MODE=train
-      case $NAME in *eval_) MODE=eval; NAME=${NAME%eval_};; *traverse_) MODE=traverse; NAME=${NAME%traverse_};; esac
+      NAME=${JOB#issue14_}; SEED=${NAME##*seed}; NAME=${NAME%seed*}; MODE="train"
+      case $NAME in *eval_) MODE="eval"; NAME=${NAME%eval_};; *traverse_) MODE="traverse"; NAME=${NAME%traverse_};; esac
       case $NAME in
         "") EXTRA=(--config.info.augment.max_thickness=0.0 --config.info.augment.max_shear=0.0);;  # Affine only.
         thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0);;

@@ -694,7 +694,7 @@ def test_mnist_invariant_is_mnist_with_the_augmented_term():
         invariant.info.augment.max_thickness,
         invariant.info.augment.max_shear,
     ) == (15.0, (0.9, 1.1), 2.0, 0.5, 0.3)
-    invariant.info.augment.enabled = False
+    invariant.info.augment.update(enabled=False, max_thickness=0.0, max_shear=0.0)  # Everything else equal.
     assert invariant.to_dict() == faithful.to_dict()
 
 
