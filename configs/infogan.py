@@ -50,15 +50,15 @@ mnist_invariant — `:mnist` with the invariant information term (issue 14,
   longer satisfies. Everything else is `:mnist`:
     python -m vqlatent.main --config=configs/infogan.py:mnist_invariant \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/infogan_inv
-  Five seeds at 3500 steps (2026-12-06, benchmarks/RESULTS.md, about 30 min
-  each on one core of an AVX-512 EPYC): SEEDS_3500 (median MEDIAN_3500, minimum
-  MIN_3500: every seed above the paper's 95%). Without the shear (thickness
-  only, `--config.info.augment.max_shear=0`) one seed of five stayed at 89.6%
-  mixing 4s and 9s by slant; with the affine map alone
+  Five seeds at 3500 steps (2026-12-06, benchmarks/RESULTS.md, about 35 min
+  each on one core of an AVX-512 EPYC): 97.7 / 97.0 / 97.4 / 96.3 / 96.3%
+  (median 96.97%, minimum 96.3%: every seed above the paper's 95%). Without
+  the shear (thickness only, `--config.info.augment.max_shear=0`) one seed of
+  five stayed at 89.6% mixing 4s and 9s by slant; with the affine map alone
   (`--config.info.augment.max_thickness=0 --config.info.augment.max_shear=0`,
   2026-12-05) one of five stayed at 88.1% mixing them by thickness.
-  Its continuous codes at step 750, measured with the MNIST classifier
-  (`--config.traversal.classifier_workdir=`, configs/classifier.py:mnist,
+  The affine-only run's continuous codes at step 750, measured with the MNIST
+  classifier (`--config.traversal.classifier_workdir=`, configs/classifier.py:mnist,
   99.32%): code 0 turns the digits (within-sweep correlation with slant 0.93,
   12.7 degrees per unit; -21 to +27 degrees over -2..2), code 1 widens them
   (correlation with width 0.86, 1.8 px per unit; 8.8 to 15.5 px); 57% / 55%
