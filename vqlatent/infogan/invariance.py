@@ -153,13 +153,14 @@ def transform_ranges_from_config(cfg: Mapping[str, Any] | None, spec: LatentSpec
     if unknown:
         raise ValueError(f"Unknown field(s) {unknown} in info.augment; known: {list(AUGMENT_FIELDS)}.")
     value = {name: cfg.get(name, getattr(TransformRanges, name)) for name in RANGE_FIELDS}
+    # Every range is a float but scale_range, a pair of them. Validated even when off: a bad range
+    # is a mistake either way.
     ranges = TransformRanges(
-        max_rotation_degrees=float(value["max_rotation_degrees"]),
-        scale_range=tuple(float(v) for v in value["scale_range"]),
-        max_shift_pixels=float(value["max_shift_pixels"]),
-        max_thickness=float(value["max_thickness"]),
-        max_shear=float(value["max_shear"]),
-    )  # Validated even when off: a bad range is a mistake either way.
+        **{
+            name: tuple(float(v) for v in v_) if name == "scale_range" else float(v_)
+            for name, v_ in value.items()
+        }
+    )
     if not cfg.get("enabled", False):
         return None
     if spec.num_categorical == 0:
