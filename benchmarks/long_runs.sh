@@ -32,7 +32,8 @@
 #   issue14_VARIANT_seedN                   the same with a changed transformation, ISSUE14_STEPS steps:
 #                                           thick (info.augment.max_thickness=0.5), rot30thick (and
 #                                           max_rotation_degrees=30), shear03thick (thickness 0.5 and
-#                                           max_shear=0.3: the config's default since 2026-12-06)
+#                                           max_shear=0.3: the config's default since 2026-12-06),
+#                                           shear03thicklstd (and Q's continuous std learned, lambda_cont 0.1)
 #   issue14_eval_seedN, issue14_traverse_seedN (and issue14_VARIANT_eval_seedN, issue14_VARIANT_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
@@ -75,6 +76,8 @@ for JOB in "$@"; do
         rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0
                             --config.info.augment.max_rotation_degrees=30);;
         shear03thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3);;
+        shear03thicklstd_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3
+                                  --config.model.q.continuous_std=learned --config.info.lambda_continuous=0.1);;
         *) echo "unknown issue-14 variant in $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
       esac
       WORKDIR=$RUNS/issue14_${NAME}seed$SEED
