@@ -50,7 +50,7 @@ mnist_invariant — `:mnist` with the invariant information term (issue 14,
   longer satisfies. Everything else is `:mnist`:
     python -m vqlatent.main --config=configs/infogan.py:mnist_invariant \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/infogan_inv
-  Five seeds at 5000 steps (2026-12-06, benchmarks/RESULTS.md, about 43 min
+  Five seeds at 5000 steps (2026-12-06, benchmarks/RESULTS.md, about 48 min
   each on one core of an AVX-512 EPYC): 97.35 / 97.71 / 97.87 / 96.17 / 97.21%
   (median 97.35%, minimum 96.17%: every seed above the paper's 95%). Without
   the shear (thickness only, `--config.info.augment.max_shear=0`) one seed of
