@@ -33,7 +33,8 @@
 #                                           thick (info.augment.max_thickness=0.5), rot30thick (and
 #                                           max_rotation_degrees=30), shear03thick (thickness 0.5 and
 #                                           max_shear=0.3: the config's default since 2026-12-06),
-#                                           shear03thicklstd (and Q's continuous std learned, lambda_cont 0.1)
+#                                           VARIANTlstd (any of them with Q's continuous std learned and
+#                                           lambda_cont 0.1, e.g. shear03thicklstd)
 #   issue14_eval_seedN, issue14_traverse_seedN (and issue14_VARIANT_eval_seedN, issue14_VARIANT_traverse_seedN)
 #                                           seed N's newest checkpoint: --mode=eval with the MNIST
 #                                           classifier (the continuous codes' class-keeping measures;
@@ -70,18 +71,20 @@ for JOB in "$@"; do
       # issue14_[VARIANT_][eval_|traverse_]seedN: the variant's extra flags, the mode, and the training workdir.
       NAME=${JOB#issue14_}; SEED=${NAME##*seed}; NAME=${NAME%seed*}; MODE="train"
       case $NAME in *eval_) MODE="eval"; NAME=${NAME%eval_};; *traverse_) MODE="traverse"; NAME=${NAME%traverse_};; esac
-      case $NAME in
+      # A trailing "lstd" adds Q's learned continuous std with lambda_cont 0.1 to any variant.
+      Q_EXTRA=(); VARIANT=$NAME
+      case $VARIANT in *lstd_) Q_EXTRA=(--config.model.q.continuous_std=learned --config.info.lambda_continuous=0.1)
+                                VARIANT=${VARIANT%lstd_}; VARIANT=${VARIANT:+${VARIANT}_};; esac
+      case $VARIANT in
         "") EXTRA=(--config.info.augment.max_thickness=0.0 --config.info.augment.max_shear=0.0);;  # Affine only.
         thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0);;
         rot30thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.0
                             --config.info.augment.max_rotation_degrees=30);;
         shear03thick_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3);;
-        shear03thicklstd_) EXTRA=(--config.info.augment.max_thickness=0.5 --config.info.augment.max_shear=0.3
-                                  --config.model.q.continuous_std=learned --config.info.lambda_continuous=0.1);;
         *) echo "unknown issue-14 variant in $JOB" >&2; rmdir "$RUNS/claims/$JOB"; continue;;
       esac
       WORKDIR=$RUNS/issue14_${NAME}seed$SEED
-      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${EXTRA[@]}"
+      ARGS=(--config=configs/infogan.py:mnist_invariant "--config.seed=$SEED" "--mode=$MODE" "${EXTRA[@]}" "${Q_EXTRA[@]}"
             "--config.num_train_steps=${ISSUE14_STEPS:-5000}" --config.eval_every_steps=250 --config.checkpoint_every_steps=250)
       # Eval and traverse always measure class keeping with the classifier; training runs' evaluations
       # too when ISSUE14_CLASSIFIER=1.

@@ -157,8 +157,8 @@ def transform_ranges_from_config(cfg: Mapping[str, Any] | None, spec: LatentSpec
     # is a mistake either way.
     ranges = TransformRanges(
         **{
-            name: tuple(float(v) for v in v_) if name == "scale_range" else float(v_)
-            for name, v_ in value.items()
+            name: tuple(float(x) for x in v) if name == "scale_range" else float(v)
+            for name, v in value.items()
         }
     )
     if not cfg.get("enabled", False):
