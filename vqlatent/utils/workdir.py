@@ -3,9 +3,11 @@
 Sampling reads several workdirs besides its own (the lower priors, the VQ-VAE(-2)
 that decodes the codes, the classifier that judges the samples). Each needs only its
 saved `config.json`, its task (the model and its shapes) and a checkpoint: no mesh
-checks, no jitted train or eval step, and no pass over the training data.
+checks, no jitted train or eval step, and no pass over the training data. The data's
+shapes (image shape, classes, code levels) come from the workdir's `spec.json`, written
+when training starts; a workdir from before that file reads them from its dataset.
 
-  run = workdir.load(path)           # config.json -> data spec -> task (nothing restored)
+  run = workdir.load(path)           # config.json + spec.json -> task (nothing restored)
   state, step = run.restore()        # the newest checkpoint (or restore(step))
 
 States are restored replicated over every device, whatever mesh trained them.
@@ -22,6 +24,7 @@ import jax
 import ml_collections
 
 from vqlatent import data as data_lib
+from vqlatent.codes import dataset as codes_dataset
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import base
 from vqlatent.utils import checkpoint as ckpt_lib
@@ -29,7 +32,11 @@ from vqlatent.utils import checkpoint as ckpt_lib
 # Config fields that only shape training and cost time to honour when a task is built: the
 # VQ-VAE's loss scale is the training data's pixel variance, one pass over the training set.
 # Inference (encode, decode, classify, sample) never reads them.
-INFERENCE_OVERRIDES = {("loss", "normalize_by_data_variance"): False}
+# InfoGAN's continuous-code measures load a classifier of another workdir: not for inference.
+INFERENCE_OVERRIDES = {
+    ("loss", "normalize_by_data_variance"): False,
+    ("traversal", "classifier_workdir"): "",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,16 +79,38 @@ def load_config(path: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load(path: str) -> Workdir:
-    """The workdir `path` with the task of its saved config (nothing restored yet)."""
-    config = load_config(path)
+def for_inference(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` with `INFERENCE_OVERRIDES` applied (in place; fields a config lacks are left alone)."""
     for fields, value in INFERENCE_OVERRIDES.items():
         node = config
         for field in fields[:-1]:
             node = node.get(field) if node is not None else None
         if node is not None and fields[-1] in node:
             node[fields[-1]] = value
-    spec = data_lib.get_spec(config.data)
+    return config
+
+
+def load_spec(path: str, config: ml_collections.ConfigDict) -> Any:
+    """The data spec recorded in workdir `path` (`spec.json`), or, for a workdir written before
+    that file existed, its dataset's spec (which needs the dataset)."""
+    spec = codes_dataset.read_spec_file(path)
+    if spec is not None:
+        return spec
+    try:
+        return data_lib.get_spec(config.data)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+        raise FileNotFoundError(
+            f"{path} has no {codes_dataset.SPEC_FILE} (it was trained before the data's shapes were "
+            f"recorded), and its dataset could not be opened to read them: {e} Load it where its "
+            f"data is, and export it there (python -m vqlatent.main --mode=export --workdir={path} "
+            f"--config.export.dir=OUT): the export loads anywhere."
+        ) from e
+
+
+def load(path: str) -> Workdir:
+    """The workdir `path` with the task of its saved config (nothing restored yet)."""
+    config = for_inference(load_config(path))
+    spec = load_spec(path, config)
     return Workdir(path, config, spec, base.make_task(config, spec))
 
 

@@ -1,0 +1,141 @@
+"""`vqlatent.load(path)`: a trained model from a model directory, a training workdir or the package.
+
+  vqlatent.load("pretrained:mnist_vqvae2_chain")   # a model shipped with the package (`pretrained`)
+  vqlatent.load("/path/to/export")                 # a model directory (`--mode=export`)
+  vqlatent.load("/path/to/workdir", step=2000)     # a training workdir: its newest checkpoint, or `step`
+
+Returns the family's object: `Autoencoder` (VQ-VAE / VQ-VAE-2), `PriorChain` (a top prior's workdir or
+a chain's export: class -> codes -> pixels) or `InfoGAN`. Nothing reads the training data, TFDS, the
+optimizer state or a device mesh: the networks are rebuilt from the recorded config and data shapes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from vqlatent.codes import dataset as codes_dataset
+from vqlatent.codes import layout
+from vqlatent.models import components as comp_lib
+from vqlatent.models import format as fmt
+from vqlatent.models import pretrained
+from vqlatent.models.autoencoder import Autoencoder
+from vqlatent.models.infogan import InfoGAN
+from vqlatent.models.prior_chain import PriorChain
+from vqlatent.priors import generate
+from vqlatent.utils import workdir as workdir_lib
+
+AUTOENCODER_TASKS = ("vqvae", "vqvae2", "autoencoder")
+PRETRAINED_PREFIX = "pretrained:"
+
+
+class ModelPathError(fmt.ModelFormatError):
+    """A path that holds no model."""
+
+
+def load(path: str, step: int | None = None, lower_priors: str | None = None) -> Any:
+    """The model at `path` (see the module docstring); `step` picks a workdir's checkpoint, and
+    `lower_priors` ('bottom=WORKDIR[,...]') a top prior's lower priors instead of its config's
+    `sample.lower_priors`."""
+    path = str(path)
+    if path.startswith(PRETRAINED_PREFIX):
+        if step is not None:
+            raise ModelPathError(f"step={step} was given for {path}: a pretrained model has one step.")
+        return load_model_dir(pretrained.path(path[len(PRETRAINED_PREFIX) :]))
+    if not os.path.isdir(path):
+        raise ModelPathError(
+            f"{path!r} is not a directory: give a model directory (--mode=export), a training workdir, "
+            f"or pretrained:NAME (one of {pretrained.names()})."
+        )
+    if fmt.is_model_dir(path):
+        if step is not None:
+            raise ModelPathError(
+                f"step={step} was given for the model directory {path}, which holds one step."
+            )
+        return load_model_dir(path)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return load_workdir(path, step, lower_priors)
+    raise ModelPathError(
+        f"{path} holds no config.json: it is neither a model directory (--mode=export) nor a training "
+        f"workdir. Give the directory that holds config.json."
+    )
+
+
+def load_model_dir(path: str) -> Any:
+    """The model of an export directory, its weight files checked against their SHA-256."""
+    record = fmt.read_model_config(path)
+    files = record.get("files", {})
+    parts = {}
+    for name, entry in record["components"].items():
+        weights = name + fmt.WEIGHTS_SUFFIX
+        if weights not in files:
+            raise fmt.ModelFormatError(f"{path}/{fmt.CONFIG_FILE} lists no checksum for {weights}.")
+        parts[name] = comp_lib.from_record(name, path, entry, files[weights])
+    family = record["family"]
+    if family == "autoencoder":
+        return Autoencoder(parts["autoencoder"])
+    if family == "infogan":
+        return InfoGAN(parts["infogan"])
+    priors = [parts[name] for name in record["priors"]]
+    return PriorChain(parts["autoencoder"], priors)
+
+
+def load_workdir(path: str, step: int | None = None, lower_priors: str | None = None) -> Any:
+    """The model trained in workdir `path` (a top prior's workdir gives its whole chain)."""
+    config = workdir_lib.load_config(path)
+    name = config.get("model_name")
+    if name in AUTOENCODER_TASKS:
+        return Autoencoder(comp_lib.from_workdir("autoencoder", path, step))
+    if name == "infogan":
+        return InfoGAN(comp_lib.from_workdir("infogan", path, step))
+    if name == "pixelcnn":
+        return _chain_from_workdir(path, step, lower_priors)
+    raise ModelPathError(
+        f"{path} holds a {name!r} model; vqlatent.load loads autoencoders (vqvae, vqvae2), PixelCNN prior "
+        f"chains (the top prior's workdir) and InfoGAN."
+    )
+
+
+def _chain_from_workdir(path: str, step: int | None, lower_priors: str | None) -> PriorChain:
+    top = comp_lib.from_workdir("prior_top", path, step)
+    if top.task.cond_level is not None:
+        raise ModelPathError(
+            f"{path} holds the prior of level {top.task.level!r}, conditioned on {top.task.cond_level!r}: "
+            f"load the unconditioned top prior's workdir (its config.sample.lower_priors names the others)."
+        )
+    priors = [top]
+    for level, lower_path in generate.parse_lower_priors(
+        lower_priors or top.config.sample.get("lower_priors")
+    ).items():
+        lower = comp_lib.from_workdir(f"prior_{level}", lower_path)
+        if lower.task.level != level:
+            raise ModelPathError(
+                f"config.sample.lower_priors: {lower_path} holds the prior of level {lower.task.level!r}, "
+                f"not {level!r}."
+            )
+        priors.append(lower)
+    checkpoint = codes_checkpoint(path, top.spec)
+    source, ae_step = checkpoint["workdir"], checkpoint.get("step")
+    if fmt.is_model_dir(source):
+        model = load_model_dir(source)
+        autoencoder = model.autoencoder.component if isinstance(model, PriorChain) else model.component
+    else:
+        autoencoder = comp_lib.from_workdir("autoencoder", source, ae_step)
+    return PriorChain(autoencoder, priors)
+
+
+def codes_checkpoint(path: str, spec: Any) -> dict[str, Any]:
+    """{'workdir', 'step'} of the model a prior's codes came from: recorded in the workdir's spec.json
+    at training time, or (a workdir trained before that) in its codes dataset's provenance.json."""
+    spec_path = os.path.join(path, codes_dataset.SPEC_FILE)
+    if os.path.isfile(spec_path):
+        checkpoint = layout.read_json(spec_path).get("codes_checkpoint")
+        if checkpoint:
+            return checkpoint
+    provenance = os.path.join(getattr(spec, "codes_dir", "") or "", layout.PROVENANCE)
+    if not os.path.isfile(provenance):
+        raise ModelPathError(
+            f"The prior in {path} does not record which model its codes came from, and its codes dataset "
+            f"({getattr(spec, 'codes_dir', None)!r}) has no {layout.PROVENANCE}: its decoder is unknown."
+        )
+    return layout.read_json(provenance)["checkpoint"]
