@@ -14,7 +14,7 @@ into the config by `lowering.force_forms`) and the shardings of the loop's 8-dev
 * InfoGAN's generator (G(z, c) from a key).
 
 For each: it lowers for ('cuda', 'tpu') over 8 devices; no custom call only XLA:CPU has (in fact
-no custom call but the sharding annotations); under bfloat16 every floating-point leaf of the
+none at all; only the partitioner's sharding annotations and the top-k composite would pass); under bfloat16 every floating-point leaf of the
 state (parameters, optimizer moments, EMA codebooks and their statistics, BatchNorm averages) is
 float32 in and out, while the program computes in bfloat16; and the accelerators' forms are
 used: transposed convolutions (input dilation) for the 2x upsamplings, the strided convolution's

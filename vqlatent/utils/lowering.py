@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,8 +45,8 @@ DEFAULT_PLATFORMS: tuple[str, ...] = ("cuda", "tpu")
 CPU_ONLY_MARKERS: tuple[str, ...] = ("cpu", "lapack", "ducc", "xnn", "ynn", "onednn", "mkl")
 
 _CUSTOM_CALL = re.compile(r"stablehlo\.custom_call\s+@([\w.$-]+)|call_target_name\s*=\s*\"([^\"]+)\"")
-# An op at the start of a line, after its results if any: `%1:2 = stablehlo.reduce(`, `"stablehlo.case"(`.
 _COMPOSITE = re.compile(r'stablehlo\.composite\s+"([^"]+)"')
+# An op at the start of a line, after its results if any: `%1:2 = stablehlo.reduce(`, `"stablehlo.case"(`.
 _OP = re.compile(r"^\s*(?:%[\w:#]+(?:\s*,\s*%[\w:#]+)*\s*=\s*)?\"?((?:stablehlo|chlo|mhlo|sdy)\.\w+)", re.M)
 # A variadic reduction of (values, int32 indices): what argmin and argmax lower to.
 _INDEX_REDUCTION = re.compile(
@@ -71,7 +72,8 @@ def forms_agree(platforms: Sequence[str]) -> bool:
     return all(t == tables[0] for t in tables)
 
 
-def _is_quantizer_section(node: ml_collections.ConfigDict) -> type | None:
+def _quantizer_class(node: ml_collections.ConfigDict) -> type | None:
+    """The quantizer module class a config section describes (its `name`), or None."""
     from vqlatent import quantizers  # pylint: disable=g-import-not-at-top  # Heavy; only when used.
 
     name = node.get("name") if "name" in node else None
@@ -85,6 +87,8 @@ def force_forms(config: ml_collections.ConfigDict, platform: str) -> ml_collecti
     (a section whose `name` is a `vqlatent.quantizers.QUANTIZERS` key) also get the per-backend
     fields their module has but the section leaves out; `ema_statistics` follows the size rule
     of `ema.resolve_ema_statistics` (the scatter above `ema.ONE_HOT_MAX_CODES` codes on every backend).
+    Other sections get no field they do not have (a config written before a field existed keeps
+    the module's default 'auto', which `export` resolves for its platforms).
     """
     from vqlatent import quantizers  # pylint: disable=g-import-not-at-top
     from vqlatent.quantizers import ema  # pylint: disable=g-import-not-at-top
@@ -97,7 +101,7 @@ def force_forms(config: ml_collections.ConfigDict, platform: str) -> ml_collecti
             value = node[key]
             if isinstance(value, ml_collections.ConfigDict):
                 visit(value)
-        quantizer = _is_quantizer_section(node)
+        quantizer = _quantizer_class(node)
         fields = set(forms)
         if quantizer is not None:
             fields &= set(quantizers.config_fields(quantizer))
@@ -236,12 +240,14 @@ class Op:
 
 
 def _locations(text: str) -> Callable[[str], tuple[str, ...]]:
+    """location reference ('#loc12') -> the names in its expansion, innermost first."""
     definitions = dict(_LOCATION_DEF.findall(text))
 
-    def expand(ref: str, depth: int = 0) -> str:
-        if depth > 64 or ref not in definitions:
+    @functools.cache
+    def expand(ref: str) -> str:  # Definitions only refer to earlier ones: no cycles.
+        if ref not in definitions:
             return ""
-        return re.sub(r"#loc\d*", lambda m: expand(m.group(0), depth + 1), definitions[ref])
+        return re.sub(r"#loc\d*", lambda m: expand(m.group(0)), definitions[ref])
 
     return lambda ref: tuple(_LOCATION_NAME.findall(expand(ref))) if ref else ()
 
@@ -292,7 +298,8 @@ def check_portable(exported: jax.export.Exported, platforms: Sequence[str] = DEF
 
 
 def avals_by_path(tree_def: Any, avals: Sequence[Any]) -> Mapping[str, Any]:
-    """{'path/of/leaf': aval} of an exported function's inputs or outputs (`Exported.in_tree` /
-    `in_avals`, or `out_tree` / `out_avals`), for checking their dtypes by name."""
+    """{path: aval} of an exported function's inputs or outputs (`Exported.in_tree` / `in_avals`, or
+    `out_tree` / `out_avals`), for checking their dtypes by name; paths as `jax.tree_util.keystr`
+    writes them (inputs are `(args, kwargs)`: "[0][0].params['encoder']..." is the first argument's)."""
     leaves = jax.tree_util.tree_unflatten(tree_def, list(avals))
     return {jax.tree_util.keystr(path): aval for path, aval in jax.tree_util.tree_leaves_with_path(leaves)}
