@@ -279,9 +279,11 @@ def test_the_readers_see_the_ops_of_a_small_program():
     assert lowering.op_counts(text)["stablehlo.scatter"] >= 1
 
 
-def test_export_refuses_platforms_with_different_forms():
+def test_export_refuses_platforms_with_different_forms_unless_told_whose():
     with pytest.raises(ValueError, match="different per-backend forms"):
         lowering.export(lambda x: x, np.zeros(2), platforms=("cpu", "cuda"))
+    exported = lowering.export(lambda x: x, np.zeros(2), platforms=("cpu", "cuda", "tpu"), forms="cuda")
+    assert exported.platforms == ("cpu", "cuda", "tpu")
 
 
 def test_force_forms_sets_every_auto_field_and_keeps_forced_ones():

@@ -14,7 +14,7 @@ is what needs the device: the numbers it computes there, its speed and its memor
 * `export(fn, *args, platforms=...)`: the `jax.export.Exported` of `fn` (jitted if it is not) for
   `platforms`; `args` may be arrays or `jax.ShapeDtypeStruct`s (with shardings over a mesh of this
   machine's devices: the module then has as many partitions, and `Exported.nr_devices` says so).
-  Platforms whose forms differ (cpu and cuda) cannot share one trace: export them separately.
+  Platforms whose forms differ (cpu and cuda) share one trace only with `forms=` naming whose forms.
 * `custom_call_targets`, `composite_names`, `cpu_only_custom_calls`, `check_portable`, `op_counts`, `convolutions`,
   `index_reductions`, `find_ops` (with the Python functions each op was traced in),
   `scatter_result_types`: what a module's text holds (`Exported.mlir_module()`).
@@ -120,25 +120,32 @@ def force_forms(config: ml_collections.ConfigDict, platform: str) -> ml_collecti
 
 
 def export(
-    fn: Callable[..., Any], *args: Any, platforms: Sequence[str] = DEFAULT_PLATFORMS
+    fn: Callable[..., Any],
+    *args: Any,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    forms: str | None = None,
 ) -> jax.export.Exported:
     """`jax.export.export(jit(fn), platforms=platforms)(*args)`: `fn` lowered for `platforms`.
 
     `fn` is jitted unless it already is (keeping its shardings and donations). The trace runs inside
-    `backend.resolving_for(platforms[0])`, so forms left at 'auto' that are resolved during this
-    trace are the platforms' own; a function jax traced before keeps its first trace, so build tasks
-    from `force_forms(config, platform)` to be sure. `ValueError` if the platforms pick different forms.
+    `backend.resolving_for(forms or platforms[0])`, so forms left at 'auto' that are resolved during
+    this trace are those of that platform; a function jax traced before keeps its first trace, so
+    build tasks from `force_forms(config, platform)` to be sure. One trace has one set of forms:
+    `ValueError` if the platforms pick different ones, unless `forms` names the platform whose forms
+    all of them get (e.g. an inference artefact for cpu, cuda and tpu with the accelerators' forms,
+    which compute the same function on the CPU, only slower).
     """
     platforms = tuple(platforms)
     if not platforms:
         raise ValueError("platforms is empty: name at least one of 'cpu', 'cuda', 'rocm', 'tpu'.")
-    if not forms_agree(platforms):
+    if forms is None and not forms_agree(platforms):
         raise ValueError(
             f"The platforms {platforms} pick different per-backend forms "
-            f"({[backend.forms_for(p) for p in platforms]}): export each group separately."
+            f"({[backend.forms_for(p) for p in platforms]}): export each group separately, or pass "
+            f"forms='cuda' (say) to give all of them that platform's forms."
         )
     jitted = fn if hasattr(fn, "lower") and hasattr(fn, "trace") else jax.jit(fn)
-    with backend.resolving_for(platforms[0]):
+    with backend.resolving_for(forms or platforms[0]):
         return jax.export.export(jitted, platforms=platforms)(*args)
 
 
