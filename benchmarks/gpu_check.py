@@ -1,7 +1,7 @@
 r"""Everything worth measuring on an accelerator, in one run of a few minutes: tests, speed, memory.
 
   python benchmarks/gpu_check.py [--out_dir=DIR] [--smoke] [--only=tests,train,hotpaths,sampling]
-      [--train_rows=0,1] [--dtypes=float32,bfloat16] [--steps=10 --rounds=3]
+      [--train_rows=0,1] [--dtypes=float32,bfloat16] [--steps=10 --rounds=3] [--notorch]
 
 On whatever backend JAX finds (`jax.default_backend()`: gpu, tpu or cpu), in this order:
 
@@ -26,6 +26,13 @@ one step and one round: the numbers mean nothing, but it proves the script end t
 is how the tests and CI check it). Each stage runs in its own processes; a failing stage is
 recorded in the report and the others still run; the exit code is 1 if any stage failed.
 
+Before any stage starts, one child process imports what the chosen stages need (`STAGE_IMPORTS`:
+pytest for the tests; ml_collections, absl and the package for the benchmarks; `torch` for the
+PyTorch reference of the train rows, and on a GPU a torch that sees CUDA) and the script stops
+with exit code 2 and the list of what is missing and how to install it, instead of failing a stage
+after minutes. `--notorch` times the train rows without the PyTorch reference (no torch needed);
+`--only=` leaves out the stages whose needs cannot be met.
+
 On the lent H200 (device tool; no network there; its image has jax, flax, optax, orbax, chex, torch,
 but not ml_collections, grain, tensorflow-datasets, tensorboardX): carry their wheels (`.whl`, see the
 device tool's README) and run
@@ -35,6 +42,7 @@ device tool's README) and run
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -63,6 +71,105 @@ SMOKE_TRAIN_FLAGS = {
     "infogan": ["--batch_size=4"],
 }
 INFOGAN_ROW = ("InfoGAN, MNIST 28x28", ["--config=configs/infogan.py:mnist"])
+
+# What each stage's child processes import (benchmarks/ and the repository on their path): checked
+# up front by `missing_requirements`. The PyTorch reference (`TORCH_IMPORTS`) is the train stage's
+# unless --notorch.
+STAGE_IMPORTS = {
+    "tests": ("pytest", "vqlatent.trainers.loop", "vqlatent.nets.autoencoder", "vqlatent.quantizers"),
+    "train": ("absl.app", "ml_collections.config_flags", "vqlatent.trainers.loop", "bench_inputs"),
+    "hotpaths": (
+        "absl.app",
+        "flax.linen",
+        "vqlatent.nets.layers",
+        "vqlatent.nets.downsample",
+        "quantizer_hotpaths_bench",
+    ),
+    "sampling": ("absl.app", "ml_collections.config_flags", "vqlatent.trainers.pixelcnn"),
+}
+TORCH_IMPORTS = ("torch", "torch_reference")
+# Import name -> what to `pip install` (where the two differ, or a version matters).
+PIP_NAMES = {
+    "torch": "torch==2.13.0 (the version the reference was measured with; on a GPU, its CUDA build)",
+    "ml_collections": "ml-collections",
+    "absl": "absl-py",
+    "tensorflow_datasets": "tensorflow-datasets",
+    "orbax": "orbax-checkpoint",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
+}
+# The probe's pseudo-module: whether torch sees a CUDA device (asked only when JAX runs on a GPU).
+TORCH_CUDA = "torch.cuda"
+_PROBE = """
+import importlib, json, sys
+sys.path[:0] = [{bench!r}, {root!r}]
+errors = {{}}
+for name in {modules!r}:
+    try:
+        importlib.import_module(name)
+        errors[name] = None
+    except Exception as e:  # noqa: BLE001 - report any failure to import, with its cause.
+        errors[name] = [getattr(e, "name", None), f"{{type(e).__name__}}: {{e}}"]
+if {cuda!r}:
+    try:
+        import torch
+        errors[{torch_cuda!r}] = None if torch.cuda.is_available() else [None, f"torch {{torch.__version__}} sees no CUDA device"]
+    except Exception as e:  # noqa: BLE001
+        errors[{torch_cuda!r}] = [getattr(e, "name", None), f"{{type(e).__name__}}: {{e}}"]
+print("PROBE" + json.dumps(errors))
+"""
+
+
+def probe_imports(modules, torch_cuda: bool, env) -> dict:
+    """{module: None if it imports, else [missing module name or None, error]} in a child process
+    with the stages' environment (`env`); with `torch_cuda`, also `TORCH_CUDA`."""
+    code = _PROBE.format(
+        bench=BENCH_DIR, root=REPO_ROOT, modules=list(modules), cuda=torch_cuda, torch_cuda=TORCH_CUDA
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=REPO_ROOT, env=env
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("PROBE")]
+    if not lines:
+        return {
+            m: [None, f"the import check itself failed: {(out.stdout + out.stderr)[-500:]}"] for m in modules
+        }
+    return json.loads(lines[-1][len("PROBE") :])
+
+
+def missing_requirements(stages, backend: str, use_torch: bool, probe) -> list[str]:
+    """One line per unmet need of `stages` (empty if none), from `probe(modules, torch_cuda)`."""
+    needs = {}  # module -> stages needing it, in order.
+    for stage in stages:
+        for module in STAGE_IMPORTS[stage] + (TORCH_IMPORTS if stage == "train" and use_torch else ()):
+            needs.setdefault(module, []).append(stage)
+    torch_cuda = use_torch and "train" in stages and backend == "gpu"
+    errors = probe(list(needs), torch_cuda)
+    # One line per missing package (torch and torch_reference both miss torch), else per module.
+    unmet = {}  # key -> (stages, importing modules, error message, missing package or None)
+    for module, stage_names in needs.items():
+        error = errors.get(module)
+        if error is None:
+            continue
+        missing, message = error
+        key = missing.split(".")[0] if missing else module
+        stages_of, modules_of, _, _ = unmet.setdefault(key, ([], [], message, missing))
+        stages_of += [s for s in stage_names if s not in stages_of]
+        modules_of.append(module)
+    problems = []
+    for key, (stage_names, modules, message, missing) in unmet.items():
+        why = f"the stage{'s' if len(stage_names) > 1 else ''} {', '.join(stage_names)} import {', '.join(modules)}"
+        fix = f"pip install {PIP_NAMES.get(key, key)}" if missing else "repair that install"
+        if set(modules) <= set(TORCH_IMPORTS):
+            why = f"the train stage times every row against the PyTorch reference ({', '.join(modules)})"
+            fix += ", or pass --notorch to time ours alone"
+        problems.append(f"{why}: {message} -> {fix}")
+    if torch_cuda and errors.get(TORCH_CUDA) is not None:
+        problems.append(
+            f"JAX runs on the GPU, but {errors[TORCH_CUDA][1]}: the PyTorch reference would run on the CPU "
+            f"-> install torch's CUDA build for this device, or pass --notorch to time ours alone"
+        )
+    return problems
 
 
 def _backend() -> tuple[str, str]:
@@ -251,7 +358,8 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def main(argv=None, probe=None) -> int:
+    """Runs the check; `probe(modules, torch_cuda)` replaces `probe_imports` (tests)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -266,6 +374,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16", help="compute dtypes of the train rows")
     parser.add_argument("--steps", type=int, default=10, help="train: steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="train: alternating rounds")
+    parser.add_argument(
+        "--notorch", action="store_true", help="train: time ours alone, without the PyTorch reference"
+    )
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
     if sorted(set(only) - set(STAGES)):
@@ -274,11 +385,23 @@ def main(argv=None) -> int:
     if sorted(set(dtypes) - {"float32", "bfloat16"}):
         parser.error(f"--dtypes={args.dtypes}: choose from float32, bfloat16.")
 
+    backend, kind = _backend()
+    env = _platform_env(backend)
+    if probe is None:
+        probe = functools.partial(probe_imports, env=env)
+    problems = missing_requirements(only, backend, not args.notorch, probe)
+    if problems:
+        print(
+            f"benchmarks/gpu_check.py: not started, the stages {','.join(only)} need what this Python "
+            f"({sys.executable}) cannot import:\n"
+            + "\n".join(f"  - {p}" for p in problems)
+            + "\n`pip install -e '.[test,bench]'` installs all of it; --only=... leaves stages out.",
+            file=sys.stderr,
+        )
+        return 2
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="vqlatent_gpu_check_")
     log_dir = os.path.join(out_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
-    backend, kind = _backend()
-    env = _platform_env(backend)
     rows = list(run_all.TRAIN_ROWS)
     if os.path.exists(os.path.join(BENCH_DIR, "torch_infogan.py")):
         rows.append(INFOGAN_ROW)
@@ -301,12 +424,11 @@ def main(argv=None) -> int:
         "log_dir": log_dir,
         "failed_stages": [],
     }
-    try:
+    report["torch"] = None
+    if not args.notorch:  # Checked importable above.
         import torch  # pylint: disable=g-import-not-at-top
 
         report["torch"] = torch.__version__
-    except ImportError:
-        report["torch"] = None
     start = time.time()
     if "tests" in only:
         report["tests"] = run_tests(env, args.smoke, log_dir)
