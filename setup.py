@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "safetensors>=0.4,<1",  # Exported model weights (vqlatent.models).
     "dm-pix>=0.4.3,<0.5",  # SSIM in every autoencoder evaluation.
+    "flatbuffers>=24",  # jax.export serialisation (--config.export.portable).
 ]
 
 EXTRAS_REQUIRE = {

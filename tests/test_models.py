@@ -476,3 +476,72 @@ def test_bad_model_inputs_are_one_paragraph_errors(runs, tmp_path):
             _mode_config("encode", input=".", output_dir=str(tmp_path / "o"), eval_fraction=1.5),
             runs["vqvae2"],
         )
+
+
+PLAIN_JAX = textwrap.dedent(
+    """
+    import sys, jax, numpy as np
+    def load(name):
+        return jax.export.deserialize(bytearray(open(name, "rb").read()))
+    images, d = np.load(sys.argv[4])["images"], sys.argv[1] + "/portable/"
+    out = {}
+    codes = load(d + "encode.cpu.jax").call(images)
+    out.update({"codes_" + k: np.asarray(v) for k, v in codes.items()})
+    out["decoded"] = np.asarray(load(d + "decode.cpu.jax").call(codes))
+    sample = load(sys.argv[2] + "/portable/sample.cpu.jax")
+    n = sample.in_avals[0].shape[0]
+    codes, images = sample.call(np.arange(n, dtype=np.int32) % 10, np.uint32(7))
+    out.update({"sample_" + k: np.asarray(v) for k, v in codes.items()})
+    out["sample_images"] = np.asarray(images)
+    z = np.load(sys.argv[4])
+    out["generated"] = np.asarray(load(sys.argv[3] + "/portable/generate.cpu.jax").call(z["noise"], z["cat"], z["cont"]))
+    for name in ("encode", "decode"):
+        assert load(d + name + ".cuda_tpu.jax").platforms == ("cuda", "tpu")
+    assert not [m for m in sys.modules if m.startswith("vqlatent")]
+    np.savez(sys.argv[5], **out)
+    """
+)
+
+
+def test_portable_programs_run_with_plain_jax(runs, tmp_path):
+    exports = {}
+    for name, source in (("ae", runs["vqvae2"]), ("chain", runs["prior_top"]), ("gan", runs["infogan"])):
+        exports[name] = str(tmp_path / name)
+        record = export_lib.export(vqlatent.load(source), exports[name], portable=True)
+        assert set(record["portable"].values()) == {"cpu", "cuda,tpu"}
+    assert "jax.export.deserialize" in open(os.path.join(exports["ae"], "README.md")).read()
+    gan = vqlatent.load(runs["infogan"])
+    latents = gan.latents(3, [1, 2, 3], [[0.5, -0.5]] * 3, seed=2)
+    images = _digits(6, seed=8)
+    np.savez(
+        tmp_path / "in.npz",
+        images=images,
+        noise=np.asarray(latents.noise),
+        cat=np.asarray(latents.categorical),
+        cont=np.asarray(latents.continuous),
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_JAX, exports["ae"], exports["chain"], exports["gan"]]
+        + [str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    ae = vqlatent.load(runs["vqvae2"])
+    codes = ae.encode(images)
+    for level in codes:
+        np.testing.assert_array_equal(out[f"codes_{level}"], codes[level])
+    np.testing.assert_allclose(out["decoded"], ae.decode(codes), atol=1e-5)
+    chain = vqlatent.load(runs["prior_top"])
+    s = chain.sample(chain.batch_size, labels=np.arange(chain.batch_size) % 10, seed=7)
+    for level in ("top", "bottom"):
+        np.testing.assert_array_equal(out[f"sample_{level}"], s.codes[level])
+    np.testing.assert_allclose(out["sample_images"], s.images, atol=1e-5)
+    np.testing.assert_allclose(
+        out["generated"], gan.generate([1, 2, 3], [[0.5, -0.5]] * 3, seed=2), atol=1e-5
+    )

@@ -118,7 +118,7 @@ def export_mode(config: ml_collections.ConfigDict, model_path: str) -> dict[str,
             )
         except (OSError, ValueError) as e:  # Data not readable here: the card says so.
             logging.warning("Not evaluated: the training data could not be read (%s).", e)
-    return export_lib.export(model, options.dir, evaluation)
+    return export_lib.export(model, options.dir, evaluation, portable=bool(options.get("portable", False)))
 
 
 # -- encode -------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ def default_config() -> ml_collections.ConfigDict:
             eval_batch_size=256,
             # A top prior's lower priors, 'bottom=WORKDIR[,...]' (None: its config's sample.lower_priors).
             lower_priors=ml_collections.config_dict.placeholder(str),
+            # Also write jax.export programs (encode/decode, sample, generate) for cpu, cuda and tpu
+            # that run with plain jax (`portable.py`).
+            portable=False,
         )
     )
 
@@ -93,12 +96,14 @@ def layout_data(data_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: data_cfg.get(k) for k in ("name", "image_size", "eval_split", "train_split", "num_classes")}
 
 
-def export(model: Any, out_dir: str, evaluation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def export(
+    model: Any, out_dir: str, evaluation: Mapping[str, Any] | None = None, portable: bool = False
+) -> dict[str, Any]:
     """Writes `model` (a loaded `Autoencoder`, `PriorChain` or `InfoGAN`) to `out_dir`; returns config.json.
 
     `out_dir` must be new, empty, or a model directory (which is overwritten). The files depend only
     on the model's checkpoint(s), `evaluation` and the code version: exporting the same checkpoint
-    again writes the same bytes.
+    again writes the same bytes. `portable` adds the `jax.export` programs of `portable.py`.
     """
     out_dir = os.path.abspath(out_dir)
     if os.path.isfile(out_dir):
@@ -130,6 +135,10 @@ def export(model: Any, out_dir: str, evaluation: Mapping[str, Any] | None = None
     }
     if isinstance(model, PriorChain):
         record["priors"] = [p.name for p in model.priors]
+    if portable:
+        from vqlatent.models import portable as portable_lib  # pylint: disable=g-import-not-at-top
+
+        record["portable"] = portable_lib.write(model, out_dir)
     fmt.write_json(os.path.join(out_dir, fmt.CONFIG_FILE), record)
     with open(os.path.join(out_dir, fmt.CARD_FILE), "w") as f:
         f.write(model_card(model, record))
@@ -196,6 +205,23 @@ def model_card(model: Any, record: Mapping[str, Any]) -> str:
     lines = [f"# vqlatent {model.family}", "", "## What it is", *describe(model), ""]
     lines += ["## Use it", "```python", "import vqlatent", "model = vqlatent.load(PATH)  # this directory"]
     lines += [*USAGE[model.family], "```", ""]
+    if record.get("portable"):
+        first = sorted(record["portable"])[0]
+        lines += [
+            "## Without vqlatent (compiled programs)",
+            "",
+            "`portable/` holds the model's functions as `jax.export` programs with the weights inside "
+            "(`.cpu.jax`: for the CPU; `.cuda_tpu.jax`: for CUDA GPUs and TPUs); any batch size. With plain jax:",
+            "",
+            "```python",
+            "import jax, numpy as np",
+            f'program = jax.export.deserialize(bytearray(open("{first}", "rb").read()))',
+            "outputs = program.call(*inputs)  # program.in_avals lists the inputs' shapes and dtypes",
+            "```",
+            "",
+            *[f"- `{name}`: {platforms}" for name, platforms in sorted(record["portable"].items())],
+            "",
+        ]
     lines += ["## How it was trained", ""]
     for name, prov in record["provenance"].items():
         data = layout_data(record_config(record, name).data)

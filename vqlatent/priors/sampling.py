@@ -274,6 +274,7 @@ def sample_hierarchy(
     labels: Any = None,
     temperature: float = 1.0,
     cached: bool = True,
+    traced: bool = False,
 ) -> dict[str, jax.Array]:
     """Ancestral sampling down a hierarchy of priors (VQ-VAE-2 section 3.3): top codes first,
     then each level conditioned on the level above it.
@@ -287,6 +288,8 @@ def sample_hierarchy(
       labels: (B,) class labels for the class-conditional priors (ignored by the others).
       temperature: > 0, shared by every level.
       cached: use `sample_codes_cached` (else the plain reference sampler).
+      traced: called under a trace (jit, `jax.export`): the cached sampler without the host-side
+        checks of labels and codes, which need concrete values (the caller checks them).
 
     Returns:
       {level: (B, h, w) int32 codes}.
@@ -301,13 +304,26 @@ def sample_hierarchy(
                 f"prior samples (levels sampled so far: {list(codes)}): order the priors top first."
             )
         model = prior["model"]
+        level_labels = labels if model.num_classes else None
+        if traced:  # Inside jit / jax.export: no host-side checks of the (traced) values.
+            codes[prior["level"]] = _sample_cached(
+                model,
+                tuple(int(s) for s in prior["shape"]),
+                int(batch_size),
+                prior["variables"],
+                jax.random.fold_in(rng, i),
+                None if level_labels is None else jnp.asarray(level_labels, jnp.int32),
+                None if cond_level is None else codes[cond_level],
+                jnp.float32(temperature),
+            )
+            continue
         codes[prior["level"]] = sampler(
             model,
             prior["variables"],
             jax.random.fold_in(rng, i),
             tuple(prior["shape"]),
             batch_size,
-            labels=labels if model.num_classes else None,
+            labels=level_labels,
             cond_codes=None if cond_level is None else np.asarray(codes[cond_level]),
             temperature=temperature,
         )
