@@ -96,7 +96,7 @@ def task_and_batch(
     code_levels: str | None = None,
     codes_config=None,
 ) -> tuple[Any, dict, Any, str]:
-    """(task, numpy batch, what torch_reference.build needs, a description of the inputs).
+    """(task, numpy batch, what torch_models.build needs, a description of the inputs).
 
     The data variance only scales the reconstruction loss, so it is not estimated
     (which would read the dataset) for timing.

@@ -9,10 +9,11 @@
 # hk.nets.VectorQuantizerEMA initialise, train and agree with ours (see the
 # benchmark's --mode=agreement), so no older JAX is needed.
 #
-# Usage: bash benchmarks/haiku_env.sh [VENV_DIR]     (default /work/venv_bench)
-# Then:  VENV_DIR/bin/python benchmarks/quantizer_bench.py --mode=all
+# Usage: bash benchmarks/haiku_env.sh VENV_DIR
+# Then:  PYTHONPATH=. VENV_DIR/bin/python benchmarks/quantizer_bench.py --mode=all
+#   or:  python benchmarks/run_all.py --only=haiku --haiku_python=VENV_DIR/bin/python
 set -euo pipefail
-VENV_DIR="${1:-/work/venv_bench}"
+VENV_DIR="${1:?usage: bash benchmarks/haiku_env.sh VENV_DIR (where to create the venv)}"
 PYTHON="${PYTHON:-python3}"
 "$PYTHON" -m venv "$VENV_DIR"
 "$VENV_DIR/bin/pip" install -q --upgrade pip

@@ -23,10 +23,11 @@ memory     XLA's compiled memory analysis of the same step
            K = 65536, N = 65536 step (VmHWM of /proc/self/status, which
            includes the Python/JAX runtime, the inputs and compilation).
 
-Run in the venv made by benchmarks/haiku_env.sh (Haiku is not a dependency):
+Run in the venv made by benchmarks/haiku_env.sh (Haiku is not a dependency), or in any venv with
+dm-haiku installed, from the repository root:
 
-  bash benchmarks/haiku_env.sh /work/venv_bench
-  PYTHONPATH=. /work/venv_bench/bin/python benchmarks/quantizer_bench.py --mode=all
+  bash benchmarks/haiku_env.sh VENV
+  PYTHONPATH=. VENV/bin/python benchmarks/quantizer_bench.py --mode=all
 
 Our quantizer scans the codebook in chunks of `--chunk_budget_mb` worth of
 distances (chunk_size = budget / (4 N), a power of two, at most K), so its

@@ -1,9 +1,9 @@
 r"""Train-step time of the MNIST VQ-VAE with each quantizer preset, relative to plain EMA VQ.
 
   python benchmarks/quantizer_step_bench.py [--presets=vq_ema,lfq,...] [--steps=4] [--rounds=5] \
-      [--clock=process] [--mnist_dir=../shared/data/mnist] [--json_out=FILE]
+      [--clock=process] [--mnist_dir=../shared/data/mnist] [--batch_size=128] [--json_out=FILE]
 
-The column "step time vs plain EMA" of the quantizer table in benchmarks/RESULTS.md (issue 16). Every
+The ms/step column of the quantizer table in docs/results.md. Every
 preset's train step (`configs/vqvae.py:mnist,quantizer=NAME`, batch 128, 7x7x64 latents) is compiled
 in this one process, and the presets are timed round-robin, `--steps` steps each per round, so that all
 of them see the same machine; the median over rounds is reported, with the ratio to `vq_ema`. The
@@ -43,6 +43,7 @@ _STEPS = flags.DEFINE_integer("steps", 4, "Steps per preset and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Round-robin rounds (median).")
 _CLOCK = flags.DEFINE_enum("clock", "process", ["wall", "process"], "wall time, or this process's CPU time.")
 _MNIST = flags.DEFINE_string("mnist_dir", "../shared/data/mnist", "MNIST idx files (else noise).")
+_BATCH = flags.DEFINE_integer("batch_size", 128, "Images per step (128: the config's).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results here.")
 
 
@@ -91,7 +92,7 @@ def main(argv) -> None:
     if "vq_ema" not in presets:
         raise app.UsageError("--presets must include vq_ema (the reference of the ratios).")
     overrides = _overrides()
-    batch, source = _batch(128)
+    batch, source = _batch(_BATCH.value)
     steps = {name: _compiled_step(name, overrides.get(name, {}), batch) for name in presets}
     clock = time.process_time if _CLOCK.value == "process" else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in presets}
@@ -105,7 +106,9 @@ def main(argv) -> None:
             times[name].append((clock() - start) / _STEPS.value)
             steps[name] = (step, state)
     median = {name: statistics.median(t) for name, t in times.items()}
-    print(f"MNIST VQ-VAE train step, batch 128 ({source}), {_CLOCK.value} clock, {jax.default_backend()}")
+    print(
+        f"MNIST VQ-VAE train step, batch {_BATCH.value} ({source}), {_CLOCK.value} clock, {jax.default_backend()}"
+    )
     print("| quantizer | ms/step | vs plain EMA |")
     print("|---|---|---|")
     for name in presets:

@@ -14,7 +14,7 @@ init, compiled and run, is timed separately), and XLA's memory estimate for the
 step. Needs no dataset: an autoencoder gets random images with the shape of the
 config's dataset (or --image_shape); a prior (model_name='pixelcnn') gets
 random codes for every level of a code hierarchy, random labels, and trains
-with cross-entropy and Adam, the PyTorch port (torch_reference.GatedPixelCNN)
+with cross-entropy and Adam, the PyTorch port (torch_models.GatedPixelCNN)
 the same. The hierarchy comes from --code_levels, or from the VQ-VAE-2 config
 the codes would be extracted with (--codes_config: its levels' shapes on its
 dataset's images and its codebook sizes).
@@ -36,10 +36,10 @@ import numpy as np
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from vqlatent.utils import compilation_cache  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Run as a file (`python benchmarks/train_step_bench.py`): the repository root makes `benchmarks` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import bench_inputs  # noqa: E402
+from vqlatent.utils import compilation_cache  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.", lock_config=True)
 _CODES_CONFIG = config_flags.DEFINE_config_file(
@@ -137,7 +137,8 @@ def main(argv):
     torch_step = None
     if _TORCH.value:
         import torch  # pylint: disable=g-import-not-at-top
-        import torch_reference  # pylint: disable=g-import-not-at-top
+
+        from benchmarks.reference import torch_models  # pylint: disable=g-import-not-at-top
 
         torch.manual_seed(0)
         if _TORCH_THREADS.value:
@@ -146,12 +147,10 @@ def main(argv):
             "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
         )
         amp = config.get("dtype", "float32") == "bfloat16"
-        torch_step = torch_reference.build(
-            config.model_name, config, torch_input, device=torch_device, amp=amp
-        )
-        torch_batch = torch_reference.torch_batch(np_batch, torch_device)
+        torch_step = torch_models.build(config.model_name, config, torch_input, device=torch_device, amp=amp)
+        torch_batch = torch_models.torch_batch(np_batch, torch_device)
         torch_step.step(torch_batch)  # Warm-up.
-        torch_reference.synchronize(torch_device)
+        torch_models.synchronize(torch_device)
         if torch_device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
 
@@ -169,7 +168,7 @@ def main(argv):
             start = clock()
             for _ in range(_STEPS.value):
                 torch_step.step(torch_batch)
-            torch_reference.synchronize(torch_device)
+            torch_models.synchronize(torch_device)
             theirs.append((clock() - start) / _STEPS.value)
 
     ours_s = statistics.median(ours)

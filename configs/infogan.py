@@ -7,11 +7,8 @@ digits (default) — the embedded scikit-learn digits (8x8, 1497 train / 300 tes
   D: conv 32, conv 64, FC 256; Q: FC 64), 16 noise + one 10-way code + 2
   continuous codes, batch 64, 3000 steps. Offline, no preparation:
     python -m vqlatent.main --config=configs/infogan.py --workdir=/tmp/infogan_digits
-  Measured (2026-11-24, 2-core CPU shared with other jobs): 3 min 44 s wall,
-  126 s CPU; L_I of the categorical code 2.29 of H(c) = ln 10 = 2.30; test
-  accuracy of the code (matched to the 10 digits) 62%: at 8x8 and with 1497
-  training digits the code captures digit type only in part (the grids show
-  some categories mixing two digits).
+  A few minutes on a 2-core CPU. At 8x8 and with 1497 training digits the
+  code captures digit type only in part (docs/lab/infogan.md).
 
 mnist — the paper's setting (appendix C, Table 1): 62 noise variables uniform on
   [-1, 1], one 10-way categorical code, 2 continuous codes uniform on [-1, 1];
@@ -22,8 +19,8 @@ mnist — the paper's setting (appendix C, Table 1): 62 noise variables uniform 
   (c - mu)^2 / 2, is then at most var(c) / 2 = 1/6 nat: the paper's "smaller
   lambda for continuous codes". A learned std (`--config.model.q.continuous_std=
   learned`, e.g. with `--config.info.lambda_continuous=0.1`) makes it much
-  stronger: Q's std falls to 0.12 and 0.10 (seed 0, step 5000), so the codes'
-  squared error weighs lambda / sigma^2 = 7-10 (see RESULTS.md).
+  stronger: Q's std falls well below 1, so the codes' squared error weighs
+  lambda / sigma^2 >> lambda (docs/lab/infogan.md).
   Reads the canonical idx files:
     python -m vqlatent.main --config=configs/infogan.py:mnist \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/infogan_mnist
@@ -31,15 +28,13 @@ mnist — the paper's setting (appendix C, Table 1): 62 noise variables uniform 
   250 on the 10000 test images. Evaluation reports cat0_accuracy (test-set
   accuracy of the categorical code, categories matched one-to-one to digits),
   L_I and H(c) per code, and writes the traversal grids to WORKDIR/images;
-  `--mode=traverse` writes them with 10 columns. Measured (2026-11-24,
-  benchmarks/RESULTS.md, issue 6), 3 seeds, each 64-66 min on one CPU core
-  (0.75 s per step): test accuracy of the categorical code 74.7%, 76.2% and
-  76.5% at step 5000 (median 76.2%; the paper reports 95%), L_I 2.297-2.299 of
-  H(c) = 2.303; the lambda = 0 control 42.9%. With a learned std and
-  lambda_cont = 0.1 (above), one seed reached 83.2%.
+  `--mode=traverse` writes them with 10 columns. Expected: test accuracy of the
+  categorical code about 76% (median of 3 seeds; the paper reports 95%), the
+  lambda = 0 control about 43%; about an hour a seed on one CPU core
+  (docs/results.md).
 
-mnist_invariant — `:mnist` with the invariant information term (issue 14,
-  `vqlatent.infogan.invariance`): the categorical code's log Q(c | x) is read
+mnist_invariant — `:mnist` with the invariant information term
+  (`vqlatent.infogan.invariance`): the categorical code's log Q(c | x) is read
   from a randomly transformed copy of each generated image (strokes thickened
   or thinned by a blend a ~ U[-0.5, 0.5] towards the 3x3 dilation or erosion,
   columns sheared by k ~ U[-0.3, 0.3] pixels per row, rotation +-15 degrees,
@@ -50,20 +45,14 @@ mnist_invariant — `:mnist` with the invariant information term (issue 14,
   longer satisfies. Everything else is `:mnist`:
     python -m vqlatent.main --config=configs/infogan.py:mnist_invariant \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/infogan_inv
-  Five seeds at 5000 steps (2026-12-06, benchmarks/RESULTS.md, about 48 min
-  each on one core of an AVX-512 EPYC): 97.35 / 97.71 / 97.87 / 96.17 / 97.21%
-  (median 97.35%, minimum 96.17%: every seed above the paper's 95%). Without
-  the shear (thickness only, `--config.info.augment.max_shear=0`) one seed of
-  five stayed at 89.6% mixing 4s and 9s by slant; with the affine map alone
-  (`--config.info.augment.max_thickness=0 --config.info.augment.max_shear=0`,
-  2026-12-05) one of five stayed at 88.1% mixing them by thickness.
-  The affine-only run's continuous codes at step 750, measured with the MNIST
-  classifier (`--config.traversal.classifier_workdir=`, configs/classifier.py:mnist,
-  99.32%): code 0 turns the digits (within-sweep correlation with slant 0.93,
-  12.7 degrees per unit; -21 to +27 degrees over -2..2), code 1 widens them
-  (correlation with width 0.86, 1.8 px per unit; 8.8 to 15.5 px); 57% / 55%
-  of the -2..2 sweeps keep one class throughout, 92% of their images keep
-  the class of the sweep's middle (docs/images/infogan_invariant_seed0_step750_*).
+  Expected at 5000 steps: test accuracy of the categorical code median 97.35%,
+  minimum 96.17% over five seeds (every seed above the paper's 95%), one
+  continuous code rotating the digits; about 48 min a seed on one CPU core
+  (docs/results.md). `--config.info.augment.max_shear=0` (thickness only) or
+  also `max_thickness=0` (the affine map alone) are the ablations of
+  docs/lab/infogan.md. `--config.traversal.classifier_workdir=` (a
+  configs/classifier.py:mnist workdir) adds the fraction of each sweep that
+  keeps its digit class to the evaluation.
 
 mnist_gan — the paper's control (Figure 1): the same networks and codes with
   lambda = 0, so G and D play a plain GAN; Q is still fit to the generated
@@ -123,8 +112,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         if variant == "mnist_gan":
             info.update(lambda_categorical=0.0, lambda_continuous=0.0, detach_q=True)
         if variant == "mnist_invariant":
-            # The affine ranges of issue 14, with the strokes thickened or thinned (a ~ U[-0.5, 0.5])
-            # and the columns sheared (k ~ U[-0.3, 0.3]): five seeds of five >= 96% at 5000 steps (RESULTS).
+            # Rotation, scale and shift, with the strokes thickened or thinned (a ~ U[-0.5, 0.5]) and
+            # the columns sheared (k ~ U[-0.3, 0.3]); docs/results.md has what it reaches.
             augment.update(enabled=True, max_thickness=0.5, max_shear=0.3)
     elif variant == "celeba":
         config.data = cfg_lib.data_config("celeb_a", image_size=32, label_key="", eval_split="validation")

@@ -26,16 +26,17 @@ Any field can then be overridden, e.g. `--config.quantizer.num_embeddings=256`
 digits (default) — the embedded scikit-learn digits (8x8, 1497 train / 300 test),
   8x8 -> 4x4 codes, K=64, D=16. Offline, no preparation:
     python -m vqlatent.main --config=configs/vqvae.py --workdir=/tmp/vqvae_digits
-  Measured on a 2-core CPU (2026-11-24): see the `digits` row of
-  benchmarks/RESULTS.md (run time, test MSE, usage).
+  Expected: test MSE 0.0043 (23.65 dB), every code in use, after 3000 steps;
+  about 1.5 minutes on an idle 2-core CPU (docs/results.md).
 
 mnist — 28x28 -> 7x7x64 latents, K=512, EMA decay 0.99, beta 0.25, Adam 3e-4,
   batch 128, 2000 steps, 128 hidden channels, 2 residual blocks of 32
   (the setup of the Sonnet/Haiku example). Reads the canonical idx files:
     python -m vqlatent.main --config=configs/vqvae.py:mnist \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/vqvae_mnist
-  Measured: see benchmarks/RESULTS.md (test MSE / PSNR / perplexity / usage at
-  250/500/1000/2000 steps, EMA and non-EMA, with the run time).
+  Expected at 2000 steps (docs/results.md, with every quantizer): test MSE
+  0.0036 (vq_ema), 0.0029 (vq_ema_restart), 0.0064 (vq); about 0.5 s per step
+  on one CPU core.
 
 mnist_tfds — the same model on the TFDS catalog `mnist` (prepare it once with
   `python -m vqlatent.data.prepare --dataset=mnist`, which needs TensorFlow).

@@ -13,19 +13,17 @@ digits (default) — the embedded scikit-learn digits (8x8): strides (2, 2),
   2 residual blocks of 32, batch 64, 1000 steps. 286,593 parameters
   (+4,226 EMA). Offline:
     python -m vqlatent.main --config=configs/vqvae2.py --workdir=/tmp/vqvae2_digits
-  Measured on the shared 2-core CPU (2026-11-24, heavily loaded: 172 s wall,
-  75 s CPU): test MSE 0.00634 (PSNR 21.98 dB); bottom: 64/64 codes used,
-  perplexity 56.9; top: 20/64 used, perplexity 12.9.
+  Expected: test MSE 0.0063 (21.98 dB), every bottom code in use; about a
+  minute of CPU (docs/results.md).
 
 mnist — 28x28: strides (2, 2), bottom 14x14 and top 7x7 codes, K=512, D=64,
   128 hidden channels, 2 residual blocks of 32, EMA decay 0.99, beta 0.25,
   Adam 3e-4, batch 128, 2000 steps. 1,049,729 parameters (+132,098 EMA).
     python -m vqlatent.main --config=configs/vqvae2.py:mnist \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/vqvae2_mnist
-  Compare with the one-level model of the same bottom resolution,
-  `configs/vqvae.py:mnist --config.model.num_downsamples=1` (14x14 codes), at
-  the same 2000 steps: see benchmarks/RESULTS.md. Sanity check (60 steps):
-  MSE 0.0141 on the first 2000 test images, about 2 s of CPU per step.
+  Expected at 2000 steps: test MSE 0.00077 (31.13 dB), against 0.00097 for the
+  one-level model of the same bottom resolution, `configs/vqvae.py:mnist
+  --config.model.num_downsamples=1` (14x14 codes; 46 min of CPU) (docs/results.md).
 
 cifar10 — 32x32x3: strides (4, 2), bottom 8x8 and top 4x4 codes, K=512, D=64,
   batch 128, 100k steps (TFDS `cifar10`). 1,388,867 parameters (+132,098 EMA).

@@ -397,7 +397,7 @@ def test_distributed_initialization_is_decided_from_flags_and_launcher():
 # -- launch scripts ----------------------------------------------------------------
 
 LAUNCH = REPO_ROOT / "launch"
-SCRIPTS = [LAUNCH / "tpu_pod.sh", LAUNCH / "slurm_gpu.sbatch", REPO_ROOT / "benchmarks" / "long_runs.sh"]
+SCRIPTS = [LAUNCH / "tpu_pod.sh", LAUNCH / "slurm_gpu.sbatch", REPO_ROOT / "experiments" / "long_runs.sh"]
 
 
 def _shellcheck():

@@ -1,4 +1,4 @@
-"""The PyTorch port of our InfoGAN (benchmarks/torch_infogan.py) computes our functions.
+"""The PyTorch port of our InfoGAN (benchmarks/reference/torch_infogan.py) computes our functions.
 
 The speed table compares our InfoGAN train step with this port; the comparison is only honest if
 they are the same networks, losses and transformation. Our Flax variables (random values, biases
@@ -9,8 +9,6 @@ logits, Q outputs and losses. torch is not a test dependency: without it the fil
 from __future__ import annotations
 
 import math
-import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +22,7 @@ from vqlatent.infogan import invariance
 from vqlatent.trainers.base import make_task
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import torch_infogan  # noqa: E402  (found through the sys.path entry above)
+from benchmarks.reference import torch_infogan  # noqa: E402  (after the torch skip above)
 
 SPEC = DatasetSpec(image_shape=(28, 28, 1), num_classes=10, num_train=1, num_eval=1)
 

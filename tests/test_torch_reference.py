@@ -1,4 +1,4 @@
-"""The PyTorch references of benchmarks/torch_reference.py compute our functions.
+"""The PyTorch references of benchmarks/reference/torch_models.py compute our functions.
 
 The train-step benchmark compares our speed with these ports; the comparison is
 only honest if they are the same networks. Each test builds our Flax model from
@@ -9,9 +9,6 @@ whole file is skipped.
 """
 
 from __future__ import annotations
-
-import pathlib
-import sys
 
 import jax
 import numpy as np
@@ -24,8 +21,7 @@ from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-import torch_reference  # noqa: E402  (found through the sys.path entry above)
+from benchmarks.reference import torch_models  # noqa: E402  (after the torch skip above)
 
 MNIST_LEVELS = {"bottom": LevelSpec((14, 14), 512), "top": LevelSpec((7, 7), 512)}
 
@@ -84,10 +80,10 @@ def test_pixelcnn_port_matches_flax(level):
     ours_loss, ours = jax.jit(_prior_loss_and_logits, static_argnums=0)(task, params, batch)
     ours = np.asarray(ours)
 
-    reference = torch_reference.build("pixelcnn", config, MNIST_LEVELS)
+    reference = torch_models.build("pixelcnn", config, MNIST_LEVELS)
     assert reference.num_params() == _num_params(params)
-    torch_reference.load_flax_variables("pixelcnn", reference.module, params)
-    tb = torch_reference.torch_batch(batch)
+    torch_models.load_flax_variables("pixelcnn", reference.module, params)
+    tb = torch_models.torch_batch(batch)
     with torch.no_grad():
         theirs = reference.module(
             tb[f"codes_{level}"], tb["label"], tb["codes_top"] if level == "bottom" else None
@@ -111,12 +107,12 @@ def test_autoencoder_port_matches_flax(name, arg):
         {"params": params, **model_state}, images
     )
 
-    reference = torch_reference.build(name, config, spec.image_shape)
+    reference = torch_models.build(name, config, spec.image_shape)
     assert reference.num_params() == _num_params(params)
-    torch_reference.load_flax_variables(name, reference.module, params, model_state)
+    torch_models.load_flax_variables(name, reference.module, params, model_state)
     reference.module.eval()  # No EMA update: our train=False.
     with torch.no_grad():
-        recon, _ = reference.module(torch_reference.torch_batch({"image": images})["image"])
+        recon, _ = reference.module(torch_models.torch_batch({"image": images})["image"])
     np.testing.assert_allclose(
         recon.permute(0, 2, 3, 1).numpy(), np.asarray(outputs["reconstruction"]), atol=1e-4, rtol=1e-4
     )
@@ -127,6 +123,6 @@ def test_load_rejects_a_model_it_does_not_fill():
     config, task = _prior_task("top")
     params, _ = _random_variables(task, task.dummy_batch(2))
     del params["head_logits"]
-    reference = torch_reference.build("pixelcnn", config, MNIST_LEVELS)
+    reference = torch_models.build("pixelcnn", config, MNIST_LEVELS)
     with pytest.raises(ValueError, match="head_logits"):
-        torch_reference.load_flax_variables("pixelcnn", reference.module, params)
+        torch_models.load_flax_variables("pixelcnn", reference.module, params)

@@ -5,7 +5,7 @@ transposed convolution is 80x slower than cuDNN's; a plain `argmin` over a long 
 lanes). Each such choice is a config field whose value `'auto'` resolves here, by
 `jax.default_backend()`, to the form measured fastest on that backend; any other value forces that
 form on every backend (every form computes the same function and is tested equal to its reference on
-the CPU). `benchmarks/RESULTS.md` ("Speed against PyTorch") holds the measurements behind each default.
+the CPU). `docs/lab/speed.md` holds the measurements behind each default.
 
 The forms another platform picks can be had on this machine, to lower a program for it
 (`jax.export` with `platforms=("cuda", "tpu")`, `vqlatent.utils.lowering`): `forms_for(platform)`
@@ -31,8 +31,8 @@ from collections.abc import Iterator, Mapping
 # convolution kernel gradients run 2-10x slower than XLA's own convolutions on this AVX-512 CPU (all
 # the models' convolution kernels together: 4.75 s -> 1.23 s), while YNNPACK's matmuls are faster than
 # XLA's (InfoGAN's dense layers). So: YNNPACK for individual dots only, no XNNPACK fusions
-# (benchmarks/xla_cpu_flags_bench.py and train_step_bench.py; benchmarks/RESULTS.md, "Speed against
-# PyTorch"). They only affect the CPU backend.
+# (experiments/xla_cpu_flags_bench.py and benchmarks/train_step_bench.py; docs/lab/speed.md).
+# They only affect the CPU backend.
 CPU_XLA_FLAGS: tuple[str, ...] = (
     "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
     "--xla_cpu_experimental_xnn_fusion_type=",

@@ -1,10 +1,10 @@
 r"""An invariant information term: Q reads the categorical code from a randomly transformed image.
 
-Why (issue 14). InfoGAN's bound L_I(c; G) = E[log Q(c | G(z, c))] + H(c) (Chen et al. 2016,
+Why. InfoGAN's bound L_I(c; G) = E[log Q(c | G(z, c))] + H(c) (Chen et al. 2016,
 eq. 5) reaches its maximum H(c) for *any* partition of the samples into K groups that Q can read
 back. On MNIST the released model settles, in most seeds, on partitions that put two similar
-digits into one category and split another digit by its style (slant, width, position): 74-77%
-matched accuracy instead of the paper's 95%.
+digits into one category and split another digit by its style (slant, width, position): matched
+accuracy well below the paper's 95% (docs/lab/infogan.md).
 
 The term. Let T be a random transformation drawn independently of (z, c) — here a small
 rotation, scaling and shift of the image plane, resampled bilinearly — and compute the
@@ -36,8 +36,8 @@ bilinearly interpolated from the four nearest pixels, with zeros (the MNIST back
 the image: the content is rotated by theta, scaled by s about the centre and moved by t.
 
 Stroke thickness (optional, `max_thickness` = m > 0; applied before the affine map). The affine
-map keeps a style that the failing runs of issue 14 split categories by: how thick the strokes
-are (two categories each holding 4s and 9s, one thin, one bold: RESULTS). With a ~ U[-m, m]
+map keeps a style that failing runs split categories by: how thick the strokes are (two
+categories each holding 4s and 9s, one thin, one bold: docs/lab/infogan.md). With a ~ U[-m, m]
 per sample, and the grey-level dilation D(x) (the 3x3 maximum) and erosion E(x) (the 3x3
 minimum) of the image (Serra 1982, ch. 2; for a binary image they add or remove one pixel
 around every stroke),

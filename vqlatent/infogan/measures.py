@@ -2,7 +2,7 @@ r"""What a continuous code does to a digit, measured: slant and width from image
 
 The paper's Figure 2(c)(d) shows one continuous code of the MNIST InfoGAN rotating the digits
 and the other changing their width. These functions measure both on generated images, so that
-the claim becomes a number (issue 14, item 4).
+the claim becomes a number.
 
 With the ink I(r, c) >= 0 of an image (its pixel values summed over channels; rows r point
 down, columns c right), the centroid (r0, c0) and the central second moments

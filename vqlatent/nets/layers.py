@@ -140,7 +140,7 @@ class SubpixelConvTranspose(nn.Module):
     (`phase_kernels`; kernel 4 / stride 2: four 2x2 convolutions); with
     `per_phase=False` one convolution with the sub-pixel kernel holding every
     phase (`subpixel_kernel`; kernel 4 / stride 2: one 3x3 convolution to 4x the
-    channels). Measured on a 2-core CPU (benchmarks/RESULTS.md, issue 8): the
+    channels). Measured on a 2-core CPU (docs/lab/speed.md): the
     per-phase form's forward + backward takes about half the sub-pixel form's time.
 
     Parameters are named and shaped exactly as in `nn.ConvTranspose`

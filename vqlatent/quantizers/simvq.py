@@ -12,7 +12,7 @@ the selected codes: every code follows the encoder's distribution, so the codebo
 without restarts or EMA. ``C`` lives in the variable collection ``'simvq'`` (not ``'params'``, so no
 optimiser or weight decay ever touches it), drawn ``N(0, 1/d)`` at ``init``; ``W`` is the bias-free
 Dense layer ``codebook_transform`` in ``'params'``; ``--config.optimizer.lr_multipliers=
-codebook_transform=M`` trains it at M times the model's learning rate (benchmarks/RESULTS.md, issue 16).
+codebook_transform=M`` trains it at M times the model's learning rate (docs/lab/quantizers.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ paper's released code, in order, each on freshly sampled latents:
      through the updated D and Q: the information term's gradient reaches G
      through Q and the trunk.
 
-`info.augment` (issue 14; `configs/infogan.py:mnist_invariant`): the categorical codes'
+`info.augment` (`configs/infogan.py:mnist_invariant`): the categorical codes'
 log Q(c | .) in both updates is read from a randomly rotated, scaled and shifted copy of each
 generated image (a second D/Q pass, whose BatchNorm statistics are not kept); the GAN loss and
 the continuous codes' terms stay on the clean images. Still a lower bound on I(c; G(z, c)) by
@@ -27,7 +27,7 @@ Under jit with the batch sharded over the mesh these are statistics of the
 global batch. D's running averages (used at evaluation) follow the generated
 batches that Q is trained on; G's follow the G step. Classifying the real test
 digits with them or with each test batch's own statistics gives the same
-accuracy (83.24% and 83.08%, learned-std seed 0 at step 5000: benchmarks/infogan_bn_eval.py).
+accuracy (docs/lab/infogan.md, "Evaluation with D's running BatchNorm averages").
 
 `info.detach_q` (the lambda = 0 control of `configs/infogan.py:mnist_gan`):
 Q's gradient stops at the trunk and Q is fit by maximum likelihood (w_i = 1), so

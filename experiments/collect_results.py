@@ -1,7 +1,7 @@
 r"""Prints a markdown table of evaluation metrics from training workdirs.
 
-  python benchmarks/collect_results.py --steps=250,500,1000,2000 \
-      ema=/work/runs/mnist_vq_ema vq=/work/runs/mnist_vq
+  python experiments/collect_results.py --steps=250,500,1000,2000 \
+      ema=$RUNS/mnist_vq_ema vq=$RUNS/mnist_vq
 
 Each `label=workdir` reads `workdir/eval/metrics_<step>.json` (written by every
 evaluation of the shared training loop) and, for the wall time, the modification
@@ -10,7 +10,7 @@ times of `config.json` and of each metrics file.
 `--median=COLUMN` adds a table of COLUMN with a row per step, a column per run, and
 the median over the runs (e.g. InfoGAN's categorical accuracy over seeds):
 
-  python benchmarks/collect_results.py --steps=1000,2500,5000 --median=cat0_accuracy \
+  python experiments/collect_results.py --steps=1000,2500,5000 --median=cat0_accuracy \
       --columns=cat0_accuracy,cat0_mi_lower_bound s0=/runs/seed0 s1=/runs/seed1 s2=/runs/seed2
 """
 

@@ -1,6 +1,6 @@
 r"""InfoGAN categorical accuracy with D's running BatchNorm averages against per-batch statistics.
 
-  python benchmarks/infogan_bn_eval.py --workdir=/runs/infogan_mnist_seed0 [--batch_size=100]
+  python experiments/infogan_bn_eval.py --workdir=/runs/infogan_mnist_seed0 [--batch_size=100]
 
 The evaluation of `vqlatent.trainers.infogan` classifies the real test digits
 with D's running averages, which follow the generated batches Q is trained on.

@@ -316,7 +316,7 @@ class TorchInfoGAN:
         logits, q_outputs = self.discriminator(fake)
         return F.softplus(-logits).mean() + self.info_loss(fake, q_outputs, latents)
 
-    # Mixed precision for the forward passes (set by torch_reference.build for bf16 rows).
+    # Mixed precision for the forward passes (set by torch_models.build for bf16 rows).
     autocast = staticmethod(contextlib.nullcontext)
 
     def step(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:

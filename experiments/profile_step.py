@@ -1,6 +1,6 @@
 r"""Where the time of one train step goes: XLA's cost analysis, a per-op profile, timed pieces.
 
-  python benchmarks/profile_step.py [--config=configs/vqvae2.py:imagenet256] \
+  python experiments/profile_step.py [--config=configs/vqvae2.py:imagenet256] \
       [--image_shape=64,64,3] [--batch_size=16] [--steps=3] [--repeats=5] [--top=15] \
       [--trace_dir=DIR]
 
@@ -60,9 +60,9 @@ import optax
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
-import bench_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Run as a file: the repository root makes `benchmarks` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import bench_inputs, bench_timing  # noqa: E402
 
 _DEFAULT_CONFIG = (
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "vqvae2.py") + ":imagenet256"

@@ -3,7 +3,7 @@
 Written by us to be the same networks as vqlatent's (same layers, channels,
 kernel sizes, strides and quantizer maths), in the idiom of the PyTorch
 codebases researchers use (nn.ConvTranspose2d upsampling, in-place EMA buffers).
-Only the benchmarks import this file; torch is in the `bench` extra.
+Only the benchmarks and their tests import this module; torch is in the `bench` extra.
 
 `build(model_name, config, input_shape)` returns a `TorchStep`: a module, its
 optimizer and a `step(batch)` doing one Adam update on a batch of torch tensors
@@ -11,6 +11,8 @@ optimizer and a `step(batch)` doing one Adam update on a batch of torch tensors
 labels -> int64). `load_flax_variables(model_name, module, params, model_state)`
 copies our Flax variables into a module, for the equivalence tests
 (tests/test_torch_reference.py: same parameters, same outputs).
+
+  from benchmarks.reference import torch_models   # from the repository root
 """
 
 from __future__ import annotations
@@ -486,7 +488,7 @@ def _pixelcnn(config, levels) -> TorchStep:
 
 def _infogan(config, input_shape):
     """The InfoGAN port (`torch_infogan.py`): `step` is one full update, D/Q then G."""
-    import torch_infogan  # pylint: disable=g-import-not-at-top  (benchmarks/ is on sys.path)
+    from benchmarks.reference import torch_infogan  # pylint: disable=g-import-not-at-top
 
     port = torch_infogan.build(config, input_shape)
     port.autocast = _autocast

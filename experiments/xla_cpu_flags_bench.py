@@ -1,6 +1,6 @@
 r"""Per-kernel speed of the models' convolutions under XLA:CPU flag sets, beside PyTorch's.
 
-  python benchmarks/xla_cpu_flags_bench.py [--rounds=3] [--repeats=5] [--core=0] \
+  python experiments/xla_cpu_flags_bench.py [--rounds=3] [--repeats=5] [--core=0] \
       [--sets=default,no_ynn_xnn,...] [--layers=mnist,vqvae2_64] [--json_out=FILE]
 
 XLA reads `XLA_FLAGS` once, when its backend starts, so each flag set runs in its own process

@@ -1,6 +1,6 @@
 r"""Where an InfoGAN MNIST run's time goes: the train step's pieces, the loop around it, evaluation.
 
-  taskset -c 0 python benchmarks/infogan_step_profile.py [--config=configs/infogan.py:mnist] \
+  taskset -c 0 python experiments/infogan_step_profile.py [--config=configs/infogan.py:mnist] \
       [--repeats=5] [--eval_batches=4] [--data_dir=DIR --manual_dir=DIR] [--torch] [--nopieces]
 
 Times (median of `--repeats` calls, after a warm-up that compiles) on random images of MNIST's
@@ -11,12 +11,12 @@ shape, batch 128:
   update's gradients, the G update's gradients, and the two Adam updates alone;
 * what the loop adds per step: reading a batch from the data pipeline (only with --data_dir and
   --manual_dir: the prepared mnist_idx) and fetching the metrics (every log_every_steps);
-* with --torch, the PyTorch port's full update (benchmarks/torch_infogan.py), same batch;
+* with --torch, the PyTorch port's full update (benchmarks/reference/torch_infogan.py), same batch;
 * one evaluation of the config (eval_step over the eval split, extrapolated from
   `--eval_batches` batches of eval_batch_size, plus the grids), and its share of a run when it
   runs every eval_every_steps.
 
-For a per-instruction profile of the same step use benchmarks/profile_step.py
+For a per-instruction profile of the same step use experiments/profile_step.py
 (--config=configs/infogan.py:mnist --image_shape=28,28,1 --batch_size=128); its separately
 jitted pieces need a `loss_fn`, which the InfoGAN task does not have (it overrides its whole
 train step): this script times those pieces instead.
@@ -36,9 +36,9 @@ import numpy as np
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
-
+# Run as a file: the repository root makes `benchmarks` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import bench_timing  # noqa: E402
 from vqlatent import data as data_lib  # pylint: disable=wrong-import-position
 from vqlatent import infogan as ig  # pylint: disable=wrong-import-position
 from vqlatent.data.device import to_model_input  # pylint: disable=wrong-import-position
@@ -49,7 +49,9 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
 _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG + ":mnist", "InfoGAN config.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls of each piece (median).")
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 4, "Eval batches timed (extrapolated to the split).")
-_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch port (benchmarks/torch_infogan.py).")
+_TORCH = flags.DEFINE_bool(
+    "torch", False, "Also time the PyTorch port (benchmarks/reference/torch_infogan.py)."
+)
 _TORCH_THREADS = flags.DEFINE_integer("torch_threads", 1, "torch.set_num_threads for the port.")
 _PIECES = flags.DEFINE_bool("pieces", True, "Also time the pieces, the loop's extras and evaluation.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data dir with mnist_idx prepared (optional).")
@@ -99,7 +101,8 @@ def main(argv):
     print(f"whole train step: {step * 1e3:.0f} ms (median of {repeats})", flush=True)
     if _TORCH.value:  # The PyTorch port's full update (D/Q then G, Adam), same batch size.
         import torch  # pylint: disable=g-import-not-at-top
-        import torch_infogan  # pylint: disable=g-import-not-at-top
+
+        from benchmarks.reference import torch_infogan  # pylint: disable=g-import-not-at-top
 
         torch.set_num_threads(_TORCH_THREADS.value)
         port, torch_batch = torch_infogan.torch_infogan_step(config, batch_size)

@@ -1,17 +1,18 @@
 #!/bin/bash
-# The long experiments behind benchmarks/RESULTS.md, as one queue that two workers (one per core) share.
+# The long experiments behind the lab log (docs/lab/), as one queue that two workers (one per core) share.
+# Archived: the job names are those of the lab-log entries (issue14_..., issue16_...) they produced.
 #
-#   bash benchmarks/long_runs.sh CORE JOB [JOB ...]
+#   bash experiments/long_runs.sh CORE JOB [JOB ...]
 #
 # Runs each JOB pinned to CPU core CORE, one after another, under /usr/bin/time -v (CPU time in the log).
 # A job is claimed atomically (mkdir), so two workers given the same list split it between them; a job
 # that finished is skipped and a job that was interrupted resumes exactly from its last checkpoint when
 # the same command runs again (in a later session too). Start a worker in the background with e.g.
 #
-#   setsid nohup bash benchmarks/long_runs.sh 1 issue14_seed3 issue14_seed4 >> $RUNS/worker1.log 2>&1 < /dev/null &
+#   setsid nohup bash experiments/long_runs.sh 1 issue14_seed3 issue14_seed4 >> $RUNS/worker1.log 2>&1 < /dev/null &
 #
-# Environment: RUNS (default /work/runs: workdirs, logs, claims), CODE (the source tree to run, default
-# this checkout; RESULTS names the commit of each table, e.g. a `git archive` of it), MNIST (the idx
+# Environment: RUNS (required: the directory of the workdirs, logs and claims), CODE (the source tree to
+# run, default this checkout; the lab log names the commit of each table, e.g. a `git archive` of it), MNIST (the idx
 # files, default ../shared/data/mnist next to the checkout), PYTHON (default: python on PATH).
 # After a machine restart, stale claims of jobs that were running are removed by `--reset-claims`.
 #
@@ -43,7 +44,7 @@
 #                                           the priors' sample evaluation)
 set -u
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-RUNS=${RUNS:-/work/runs}
+RUNS=${RUNS:?set RUNS=DIR: the directory of the workdirs, logs and claims}
 CODE=${CODE:-$HERE}
 PYTHON=${PYTHON:-python}
 mkdir -p "$RUNS/claims" "$RUNS/logs"

@@ -1,21 +1,27 @@
 r"""A tried-and-rejected optimisation, kept measurable: 4x4 / stride-2 convolutions (the
 VQ-VAE encoders' downsampling) as space-to-depth + a stride-1 2x2 convolution.
 
-  python benchmarks/strided_conv_bench.py [--repeats=5]
+  python experiments/strided_conv_bench.py [--repeats=5]
 
 Both forms compute the same function (checked below on every shape); forward and
 forward + backward (input and kernel gradients) are timed side by side. Measured
-on a 2-core CPU (benchmarks/RESULTS.md, issue 8): XLA's strided convolution is as
+on a 2-core CPU (docs/lab/speed.md): XLA's strided convolution is as
 fast or faster, so the models keep `nn.Conv(strides=2)`.
 """
 
 from __future__ import annotations
 
-import bench_timing  # benchmarks/ (the script's directory) is on sys.path.
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags  # pylint: disable=g-multiple-import
+
+# Run as a file: the repository root makes `benchmarks` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import bench_timing  # noqa: E402
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per form and shape.")
 _DN = ("NHWC", "HWIO", "NHWC")

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Usage: bash benchmarks/flags_before_after.sh  (OUT=DIR to keep the JSON; CLOCK=process on a shared machine)
+# Usage: bash experiments/flags_before_after.sh  (OUT=DIR to keep the JSON; CLOCK=process on a shared machine)
 # Issue 13: every train-step row, ours vs PyTorch (alternating in one process), before (jaxlib's
 # default XLA:CPU flags: VQLATENT_XLA_FLAGS=0) and after (the package's flags), pinned to core 0,
 # PyTorch with one thread. Run on a quiet machine (the InfoGAN seed paused with SIGSTOP).

@@ -1,11 +1,11 @@
 r"""What binds the CPU train step after the flags: the layout copies around the kernel gradients.
 
-  python benchmarks/layout_bench.py [--repeats=30] [--core=0] [--sets=package,fusion_emitters_off,...]
+  python experiments/layout_bench.py [--repeats=30] [--core=0] [--sets=package,fusion_emitters_off,...]
 
 XLA:CPU computes the kernel gradient of an NHWC convolution as a convolution whose "batch" is the
 input channel and whose "feature" is the batch, so it first writes every activation that feeds a
 kernel gradient a second time, in [C, H, W, N] order: the `transpose_copy_fusion` instructions of
-`benchmarks/profile_step.py`, 28-32% of the thunk time of the MNIST VQ-VAE and the 64x64 VQ-VAE-2
+`experiments/profile_step.py`, 28-32% of the thunk time of the MNIST VQ-VAE and the 64x64 VQ-VAE-2
 steps. This script times, for the activation shapes of those two models, one core, process CPU time:
 
 1. the elementwise producer alone (bias add + ReLU) and the same with the [C, H, W, N] copy fused

@@ -1,6 +1,6 @@
 r"""The categorical code's accuracy over training, per seed, from the runs' eval JSONs.
 
-  python benchmarks/infogan_seeds_summary.py '/work/runs/issue14/mnist_invariant_seed*' [--metric=cat0_accuracy]
+  python experiments/infogan_seeds_summary.py "$RUNS/issue14_seed*" [--metric=cat0_accuracy]
 
 Reads WORKDIR/eval/metrics_<step>.json of every workdir matching the pattern(s) and prints a
 markdown table: one row per evaluated step, one column per workdir, then the median and the
