@@ -8,9 +8,8 @@ On whatever backend JAX finds (`jax.default_backend()`: gpu, tpu or cpu), in thi
 tests     the test files that exercise the backend's kernels and sharding (`TEST_FILES`: networks,
           quantizers, the sharded step) with `JAX_PLATFORMS` set to that backend, so nothing falls back
           to the CPU; pass/fail counts and the tail of pytest's output.
-train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, plus InfoGAN when its
-          PyTorch port is present) in float32 and in bfloat16, each beside the PyTorch reference of
-          `torch_reference.py` on the same device (CUDA when JAX runs on a GPU; bf16 autocast for the
+train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, InfoGAN included) in float32 and in bfloat16, each beside the PyTorch reference of
+          `benchmarks/reference/torch_models.py` on the same device (CUDA when JAX runs on a GPU; bf16 autocast for the
           bfloat16 rows); step time, ratio, compile time, init time, XLA's memory estimate and the
           allocator's peak (GPU/TPU).
 hotpaths  each per-backend hot path beside its alternatives (`vqlatent.backend`): the upsampling
@@ -21,7 +20,7 @@ sampling  the PixelCNN samplers, cached against plain, at 32x32 and 64x64 code m
           two are checked equal where the plain one runs).
 
 Writes `DIR/gpu_check.json` (every number) and `DIR/gpu_check.md` (the tables, for
-benchmarks/RESULTS.md), and prints the markdown. `--smoke` runs every stage with the smallest shapes,
+docs/lab/speed.md), and prints the markdown. `--smoke` runs every stage with the smallest shapes,
 one step and one round: the numbers mean nothing, but it proves the script end to end on the CPU (this
 is how the tests and CI check it). Each stage runs in its own processes; a failing stage is
 recorded in the report and the others still run; the exit code is 1 if any stage failed.
@@ -70,7 +69,6 @@ SMOKE_TRAIN_FLAGS = {
     "pixelcnn": ["--batch_size=2", "--code_levels=bottom=4x4x16,top=2x2x16"],
     "infogan": ["--batch_size=4"],
 }
-INFOGAN_ROW = ("InfoGAN, MNIST 28x28", ["--config=configs/infogan.py:mnist"])
 
 # What each stage's child processes import (benchmarks/ and the repository on their path): checked
 # up front by `missing_requirements`. The PyTorch reference (`TORCH_IMPORTS`) is the train stage's
@@ -87,7 +85,7 @@ STAGE_IMPORTS = {
     ),
     "sampling": ("absl.app", "ml_collections.config_flags", "vqlatent.trainers.pixelcnn"),
 }
-TORCH_IMPORTS = ("torch", "torch_reference")
+TORCH_IMPORTS = ("torch", "benchmarks.reference.torch_models")
 # Import name -> what to `pip install` (where the two differ, or a version matters).
 PIP_NAMES = {
     "torch": "torch==2.13.0 (the version the reference was measured with; on a GPU, its CUDA build)",
@@ -145,7 +143,7 @@ def missing_requirements(stages, backend: str, use_torch: bool, probe) -> list[s
             needs.setdefault(module, []).append(stage)
     torch_cuda = use_torch and "train" in stages and backend == "gpu"
     errors = probe(list(needs), torch_cuda)
-    # One line per missing package (torch and torch_reference both miss torch), else per module.
+    # One line per missing package (torch and the reference both miss torch), else per module.
     unmet = {}  # key -> (stages, importing modules, error message, missing package or None)
     for module, stage_names in needs.items():
         error = errors.get(module)
@@ -403,8 +401,6 @@ def main(argv=None, probe=None) -> int:
     log_dir = os.path.join(out_dir, "logs")
     os.makedirs(log_dir, exist_ok=True)
     rows = list(run_all.TRAIN_ROWS)
-    if os.path.exists(os.path.join(BENCH_DIR, "torch_infogan.py")):
-        rows.append(INFOGAN_ROW)
     if args.train_rows:
         rows = [rows[int(i)] for i in args.train_rows.split(",")]
     timing = (
