@@ -25,6 +25,8 @@ haiku           `quantizer_bench.py` against DeepMind Haiku (agreement and speed
                 `--haiku_python` (default: this Python); skipped, with a message, where Haiku is not
                 installed (`bash benchmarks/haiku_env.sh VENV` makes a venv with it).
 sampling        `sampling_bench.py`: PixelCNN sampling, cached against plain.
+models          `model_bench.py`: a shipped class -> pixels chain loaded with `vqlatent.load`: images/s of
+                encode, decode, reconstruct and sample beside the jitted eval step.
 
 `--quick` runs every one at its smallest size, one step and one round: a smoke test that the suite
 runs (tests/test_benchmarks.py runs it in CI); its numbers mean nothing. The exit code is 1 if any
@@ -102,6 +104,7 @@ BENCHMARKS = (
     "quantizer_step",
     "haiku",
     "sampling",
+    "models",
 )
 
 
@@ -242,6 +245,22 @@ def downsample_table(quick: bool, log_dir: str, failures: list[str]) -> str:
     )
 
 
+def models_table(quick: bool, log_dir: str, failures: list[str]) -> str:
+    """Loaded models (`vqlatent.load`): encode / decode / sample beside the jitted eval step."""
+    from vqlatent.models import pretrained  # pylint: disable=g-import-not-at-top
+
+    full = "mnist_vqvae2_chain" if "mnist_vqvae2_chain" in pretrained.names() else "digits_vqvae2_chain"
+    model = f"pretrained:{'digits_vqvae2_chain' if quick else full}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.model_bench",
+        f"--model={model}",
+        *(["--quick"] if quick else []),
+    ]
+    return _script_table("models", cmd, log_dir, failures)
+
+
 def hotpaths_table(quick: bool, log_dir: str, failures: list[str]) -> str:
     cmd = [sys.executable, _script("quantizer_hotpaths_bench.py")]
     if quick:  # The script's own --quick still times N=2048, K=512: one tiny shape instead.
@@ -378,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         "sampling": (
             "PixelCNN sampling, cached against plain",
             lambda: sampling_table(quick, log_dir, failures, args.sampling_flags.split()),
+        ),
+        "models": (
+            "Loaded models: encode, decode, sample beside the eval step",
+            lambda: models_table(quick, log_dir, failures),
         ),
     }
     for name in BENCHMARKS:

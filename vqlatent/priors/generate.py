@@ -18,6 +18,7 @@ and step) and writes `<workdir>/images/samples.png` (one row per class) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -213,6 +214,13 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[-1:], rows - len(x), axis=0)]) if len(x) < rows else x
 
 
+@functools.lru_cache(maxsize=16)
+def jitted_decode(code_model: Any) -> Any:
+    """`jax.jit(code_model.decode_codes)`, one per code model: a new jit of a bound method each call
+    would trace and compile the decoder again every time (0.65 s for the digits VQ-VAE-2)."""
+    return jax.jit(code_model.decode_codes)
+
+
 def sample_images(
     hierarchy: SamplingHierarchy, labels: np.ndarray, rng: jax.Array, temperature: float, batch_size: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -225,7 +233,7 @@ def sample_images(
     """
     labels = np.asarray(labels, np.int32)
     batch = min(int(batch_size), len(labels))
-    decode = jax.jit(hierarchy.code_model.decode_codes)
+    decode = jitted_decode(hierarchy.code_model)
     codes_parts, image_parts = [], []
     for b, start, stop in padded_batches(len(labels), batch):
         codes = sampling.sample_hierarchy(
