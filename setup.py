@@ -51,6 +51,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["vqlatent", "vqlatent.*"]),
+    # The shipped models (`vqlatent.load("pretrained:NAME")`): model directories of data files.
+    package_data={"vqlatent": ["pretrained/*/*"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
