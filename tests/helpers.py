@@ -42,6 +42,28 @@ def tiny_vqvae_config(data_dir: str, arg: str | None = None):
     return config
 
 
+def tiny_vqvae2_config(data_dir: str, num_train_steps: int = 1):
+    """The default (digits) VQ-VAE-2 config (bottom 4x4, top 2x2 codes), shrunk: 16 hidden channels,
+    K=8 and D=4 per level, a checkpoint at the last step and no evaluation."""
+    config = load_config("vqvae2")
+    config.data.data_dir, config.data.num_workers = str(data_dir), 1
+    config.model.update(dict(num_hiddens=16, num_residual_hiddens=8, num_residual_layers=1))
+    for level in config.quantizer.values():
+        level.num_embeddings, level.embedding_dim = 8, 4
+    config.update(
+        dict(
+            batch_size=16,
+            eval_batch_size=512,
+            num_train_steps=num_train_steps,
+            eval_every_steps=0,
+            checkpoint_every_steps=num_train_steps,
+            log_every_steps=1,
+            progress_bar=False,
+        )
+    )
+    return config
+
+
 def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits"):
     """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step.
 

@@ -12,7 +12,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, tiny_vqvae_config, train_tiny_prior
+from helpers import REPO_ROOT, load_config, tiny_vqvae2_config, tiny_vqvae_config, train_tiny_prior
 from PIL import Image
 
 import vqlatent
@@ -27,26 +27,6 @@ from vqlatent.trainers import loop
 from vqlatent.utils import workdir as workdir_lib
 
 
-def _tiny_vqvae2(data_dir):
-    vq = load_config("vqvae2")  # Digits: bottom 4x4, top 2x2 codes (strides 2, 2); shrunk.
-    vq.data.data_dir, vq.data.num_workers = str(data_dir), 1
-    vq.model.update(dict(num_hiddens=16, num_residual_hiddens=8, num_residual_layers=1))
-    for level in vq.quantizer.values():
-        level.num_embeddings, level.embedding_dim = 8, 4
-    vq.update(
-        dict(
-            batch_size=16,
-            eval_batch_size=512,
-            num_train_steps=2,
-            eval_every_steps=0,
-            checkpoint_every_steps=2,
-            log_every_steps=1,
-            progress_bar=False,
-        )
-    )
-    return vq
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Trained workdirs: a 2-level VQ-VAE-2 with its two priors (a chain) and an InfoGAN (digits)."""
@@ -54,7 +34,7 @@ def runs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("models")
     data_dir = root / "tfds"
-    vq = _tiny_vqvae2(data_dir)
+    vq = tiny_vqvae2_config(data_dir, num_train_steps=2)
     out = {"root": root, "data_dir": data_dir, "vqvae2": str(root / "vqvae2")}
     loop.train_and_evaluate(vq, out["vqvae2"])
     main_lib.run(vq, out["vqvae2"], "extract_codes")

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config, train_tiny_prior
+from helpers import load_config, tiny_vqvae2_config, train_tiny_prior
 
 from vqlatent import data as data_lib
 from vqlatent.codes import layout
@@ -236,22 +236,7 @@ def test_task_rejects_configs_that_do_not_fit_the_codes(tmp_path, codes_loop):
 def test_sample_mode_decodes_a_class_grid_through_the_whole_hierarchy(tmp_path, codes_loop):
     from vqlatent import main as main_lib  # pylint: disable=g-import-not-at-top
 
-    vq = load_config("vqvae2")  # Digits: bottom 4x4, top 2x2 codes; shrunk, trained 1 step.
-    vq.data.data_dir, vq.data.num_workers = str(tmp_path / "tfds"), 1
-    vq.model.update(dict(num_hiddens=16, num_residual_hiddens=8, num_residual_layers=1))
-    for level in vq.quantizer.values():
-        level.num_embeddings, level.embedding_dim = 8, 4
-    vq.update(
-        dict(
-            batch_size=16,
-            eval_batch_size=512,
-            num_train_steps=1,
-            eval_every_steps=0,
-            checkpoint_every_steps=1,
-            log_every_steps=1,
-            progress_bar=False,
-        )
-    )
+    vq = tiny_vqvae2_config(tmp_path / "tfds")  # Digits: bottom 4x4, top 2x2 codes; shrunk, trained 1 step.
     vq_workdir = str(tmp_path / "vqvae2")
     loop.train_and_evaluate(vq, vq_workdir)
     main_lib.run(vq, vq_workdir, "extract_codes")
