@@ -192,10 +192,12 @@ class PreemptionNotice:
 
     def __enter__(self) -> PreemptionNotice:
         self.coordinated = jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
-        try:
-            self._previous_int = signal.signal(signal.SIGINT, self._handle_interrupt)
-        except ValueError:  # Not the main thread: Ctrl-C keeps its default.
-            self._previous_int = None
+        self._previous_int = None
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored (nohup, `cmd &`): left so.
+            try:
+                self._previous_int = signal.signal(signal.SIGINT, self._handle_interrupt)
+            except ValueError:  # Not the main thread: Ctrl-C keeps its default.
+                self._previous_int = None
         if self.coordinated:
             return self
         if jax.process_count() > 1:
