@@ -437,12 +437,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                     save(step)
                 if preempted:
                     checkpointer.wait()  # Committed before the scheduler's grace period runs out.
-                    logging.warning(
-                        "%s: saved step %d to %s; rerun the same command to resume.",
-                        "Interrupted (Ctrl-C)" if preemption.interrupted else "Preempted",
-                        step,
-                        checkpointer.directory,
-                    )
+                    if not preemption.interrupted:  # Ctrl-C: `TrainingInterrupted` below says it.
+                        logging.warning(
+                            "Preempted: saved step %d to %s; rerun the same command to resume.",
+                            step,
+                            checkpointer.directory,
+                        )
                     break
                 if eval_due(step):
                     checkpointer.wait()  # The save of this step committed first: an eval JSON means a checkpoint.
