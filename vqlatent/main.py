@@ -24,8 +24,10 @@ insists on several.
 
 from __future__ import annotations
 
+import errno
 import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -38,7 +40,7 @@ from absl import (
 )
 from ml_collections import config_flags
 
-from vqlatent import backend
+from vqlatent import backend, config_checks
 from vqlatent.parallel import distributed
 from vqlatent.trainers import loop
 from vqlatent.utils import compilation_cache, errors
@@ -124,7 +126,8 @@ def set_deterministic_ops(enabled: bool) -> bool:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, printing an error raised by vqlatent in a config file without the
-    traceback that ml_collections puts into the message (`--traceback` keeps it)."""
+    traceback that ml_collections puts into the message (`--traceback` keeps it), and a
+    misspelt `--config.FIELD` or a missing config file as one paragraph."""
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -135,6 +138,53 @@ def _parse_flags(argv: list[str]) -> list[str]:
             f"FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n"
         )
         sys.exit(1)
+    except (AttributeError, KeyError, OSError) as e:
+        message = None if "--traceback" in argv else _config_usage_error(e, argv)
+        if message is None:
+            raise
+        sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+        sys.exit(1)
+
+
+def _flag_values(argv: list[str], name: str) -> list[str]:
+    """The values of `--name=VALUE` / `--name VALUE` in argv."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+    return values
+
+
+def _config_usage_error(error: BaseException, argv: list[str]) -> str | None:
+    """One paragraph for a misspelt `--config.FIELD` or a missing config file; None for anything else."""
+    config_files = _flag_values(argv, "config")
+    path = config_files[-1].split(":", 1)[0] if config_files else None
+    if isinstance(error, OSError):
+        if path is not None and not os.path.isfile(path):
+            return (
+                f"--config={config_files[-1]}: there is no config file {path} (looked in {os.getcwd()}). "
+                f"Give the path of a config file, e.g. --config=configs/vqvae.py (run from the "
+                f"repository root) or an absolute path."
+            )
+        return None
+    text = str(error).replace("\\'", "'").replace("\\n", " ")
+    missing = re.search(r"'([^'\s]+)'", text)
+    if missing is None:
+        return None
+    field = missing.group(1)
+    overrides = [a for a in argv if a.startswith("--config.")]
+    culprit = next((a for a in overrides if field in a.split("=", 1)[0].split(".")[1:]), None)
+    if culprit is None:
+        return None
+    suggestion = re.search(r'Did you mean "([^"]+)"', text)
+    hint = f" (did you mean {suggestion.group(1)}?)" if suggestion else ""
+    return (
+        f"{culprit.split('=', 1)[0]}: the config of {path} has no field {field!r}{hint}. Fields can "
+        f"only be overridden, not added: check the spelling against the config file (or the "
+        f"config.json of a workdir trained with it)."
+    )
 
 
 def _without_config_traceback(message: str) -> str:
@@ -152,25 +202,70 @@ def _without_config_traceback(message: str) -> str:
     return f"{prefix} {last[len('ValueError: ') :]}"
 
 
+_FULL_DISK = ("No space left on device", "RESOURCE_EXHAUSTED", "Disk quota exceeded", "File too large")
+
+
 class _QuietLibraries(std_logging.Filter):
-    """Keeps orbax's and TFDS's per-save INFO chatter out of the console (warnings pass)."""
+    """Keeps orbax's and TFDS's per-save INFO chatter out of the console (warnings pass), and the
+    tracebacks orbax's threads log for a full disk (`Checkpointer` reports that in one paragraph)."""
 
     def filter(self, record: std_logging.LogRecord) -> bool:
-        return record.levelno >= std_logging.WARNING or not any(
-            part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/")
-        )
+        library = any(part in record.pathname for part in ("/orbax/", "/tensorflow_datasets/", "/asyncio/"))
+        if library and record.levelno >= std_logging.WARNING:
+            text = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                text += " " + str(record.exc_info[1])
+            return not any(part in text for part in _FULL_DISK)
+        return record.levelno >= std_logging.WARNING or not library
+
+
+def _out_of_space(error: BaseException) -> OSError | None:
+    """The OSError of a full disk (or quota, or file size limit) in `error`'s chain, or None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    std_logging.getLogger("asyncio").addFilter(_QuietLibraries())
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         _main()
+    except loop.TrainingInterrupted as e:
+        logging.flush()
+        sys.stderr.write(f"{e}\n")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        logging.flush()
+        sys.stderr.write(
+            "\nInterrupted (Ctrl-C) outside the training steps: nothing new was saved; the workdir "
+            "keeps its newest checkpoint, and rerunning the same command resumes from it.\n"
+        )
+        sys.exit(130)
     except loop.NonFiniteLossError as e:
         logging.error("%s", e)
         sys.exit(1)
     except Exception as e:  # pylint: disable=broad-exception-caught
+        # A config file that cannot be loaded surfaces when the config is first read.
+        message = None if _TRACEBACK.value or not isinstance(e, OSError) else _config_usage_error(e, sys.argv)
+        if message is not None and "config file" in str(e):
+            logging.flush()
+            sys.stderr.write(f"FATAL Flags parsing error: {message}\n")
+            sys.exit(1)
+        full = _out_of_space(e)
+        if full is not None and not _TRACEBACK.value and not errors.is_user_error(e):
+            logging.flush()
+            where = full.filename or _WORKDIR.value
+            sys.stderr.write(
+                f"{os.strerror(full.errno)} writing {where}: the run stopped. Free some space on that "
+                f"filesystem (or move --workdir to a larger disk) and rerun the same command: it "
+                f"resumes from the newest checkpoint.\n"
+            )
+            sys.exit(1)
         if _TRACEBACK.value or not errors.is_user_error(e):
             raise
         logging.flush()
@@ -183,6 +278,7 @@ def _main():
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
         return
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    config_checks.check_config(config, workdir)  # Before anything is created, compiled or read.
     set_deterministic_ops(config.get("deterministic_ops", True))
     distributed.initialize(
         _DISTRIBUTED.value, _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value

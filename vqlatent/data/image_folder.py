@@ -8,6 +8,9 @@ starting with '.' are ignored):
 With `data.label_key=None` subfolders are not classes: every image under DIR (any
 depth, e.g. FFHQ's images1024x1024/00000/00000.png) is taken, without labels.
 
+Symbolic links are followed once per real directory and file (a link back up the tree adds
+nothing; an image reached twice is taken once), and no file is in both splits.
+
 The held-out images are a fixed function of the sorted file list: a permutation
 with seed 0, whose first round(n * eval_fraction) images are 'test'. Both splits
 are stored in that permuted order (so `eval_num_examples` takes a class-mixed prefix).

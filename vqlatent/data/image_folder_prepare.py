@@ -12,11 +12,18 @@ target) fails at once with what to change. Files PIL cannot read are skipped: ea
 is logged with PIL's reason and listed in `manifest.json`. Each shard is written
 under a temporary name and renamed when complete, the manifest last; a killed
 preparation resumes at its first missing shard (with a progress bar).
+
+The prepared data is keyed by content: the plan records each file's size, modification time
+and SHA-256, and a folder whose files changed since (same names, other bytes: an image fixed or
+replaced) is prepared again on its next use; a folder with other files is refused with what
+to do. Symbolic links are followed once per real directory and file (no cycles, no image
+twice), and a file in both train/ and test/ is refused.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import io
 import json
@@ -37,7 +44,7 @@ from vqlatent.data.tfds_sources import file_lock
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "test")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the plan records each file's size, mtime and SHA-256.
 EXAMPLES_PER_SHARD = 1000
 MANIFEST = "manifest.json"
 PLAN = "plan.json"
@@ -63,16 +70,44 @@ def _native_mode(image: Image.Image) -> str:
 
 
 def _list_images(root: str) -> tuple[list[str], list[str]]:
-    """(image paths relative to root, sorted; other files), skipping hidden names."""
-    images, others = [], []
+    """(image paths relative to root, sorted; other files), skipping hidden names.
+
+    Symbolic links are followed, but every real directory is entered once and every real file
+    taken once: a link back up the tree (`ln -s .. loop`) or a second link to the same images
+    adds nothing. A file inside `root` is named by its real place there (so a link from one
+    class folder into another does not relabel it); one reached only through a link to outside
+    `root`, by its first path in sorted order.
+    """
+    real_root = os.path.realpath(root)
+    found: dict[str, str] = {}  # Real path -> path relative to root.
+    seen_dirs: set[str] = set()
     for directory, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
+        real = os.path.realpath(directory)
+        if real in seen_dirs:
+            dirs[:] = []
+            continue
+        seen_dirs.add(real)
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and os.path.realpath(os.path.join(directory, d)) not in seen_dirs
+        )
+        for name in sorted(files):
             if name.startswith("."):
                 continue
-            rel = os.path.relpath(os.path.join(directory, name), root)
-            (images if name.lower().endswith(EXTENSIONS) else others).append(rel)
-    return sorted(images), others
+            path = os.path.join(directory, name)
+            target = os.path.realpath(path)
+            inside = os.path.relpath(target, real_root)
+            if not inside.startswith(os.pardir + os.sep) and not any(
+                part.startswith(".") for part in inside.split(os.sep)
+            ):
+                found[target] = inside
+            elif target not in found:
+                found[target] = os.path.relpath(path, root)
+    images, others = [], []
+    for rel in found.values():
+        (images if rel.lower().endswith(EXTENSIONS) else others).append(rel)
+    return sorted(images), sorted(others)
 
 
 def _labelled(root: str, what: str, labelled: bool) -> tuple[list[str], list[str] | None]:
@@ -109,6 +144,19 @@ def scan(folder: str, eval_fraction: float, labelled: bool = True) -> dict[str, 
     top = {d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))}
     if set(SPLITS) <= top:
         listed = {s: _labelled(os.path.join(folder, s), "split folder", labelled) for s in SPLITS}
+        real_test = {os.path.realpath(os.path.join(folder, "test", p)): p for p in listed["test"][0]}
+        shared = [
+            (p, real_test[os.path.realpath(os.path.join(folder, "train", p))])
+            for p in listed["train"][0]
+            if os.path.realpath(os.path.join(folder, "train", p)) in real_test
+        ]
+        if shared:
+            (train_path, test_path), n = shared[0], len(shared)
+            raise DataError(
+                f"{n} file(s) of {folder} are in both splits (through symbolic links), e.g. "
+                f"train/{train_path} and test/{test_path} are the same file: a test image trained on "
+                "makes the test scores meaningless. Keep each image in one of train/ and test/."
+            )
         classes = listed["train"][1]
         if (classes is None) != (listed["test"][1] is None) or not set(listed["test"][1] or []) <= set(
             classes or []
@@ -290,9 +338,56 @@ def _labels(data_cfg: Any) -> bool:
     return bool(data_cfg.get("label_key", "label"))
 
 
+def _folder(data_cfg: Any) -> str:
+    """The absolute path of `data.folder`, or DataError when it is not set."""
+    folder = cfg_value(data_cfg, "folder", "")
+    if not folder:
+        raise DataError(
+            "config.data.name='image_folder' needs the folder of images: set --config.data.folder=DIR "
+            "(a directory of images, one subfolder per class, or train/ and test/)."
+        )
+    return os.path.abspath(folder)
+
+
+def _stat(path: str) -> list[int]:
+    info = os.stat(path)
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _signatures(folder: str, files: Sequence[str], workers: int) -> dict[str, list]:
+    """{path: [size, mtime_ns, sha256]} of every file (what the prepared data was made from)."""
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(lambda f: _sha256(os.path.join(folder, f)), files))
+    return {f: [*_stat(os.path.join(folder, f)), h] for f, h in zip(files, hashes)}
+
+
+def _changed_files(folder: str, recorded: dict[str, list]) -> list[str]:
+    """The files whose content differs from the recorded one: size or mtime differ, and then the
+    SHA-256 too (a file touched or copied with the same bytes is not a change)."""
+    changed = []
+    for rel, (size, mtime_ns, digest) in sorted(recorded.items()):
+        path = os.path.join(folder, rel)
+        try:
+            now = _stat(path)
+        except OSError:
+            changed.append(rel)
+            continue
+        if now != [size, mtime_ns] and (now[0] != size or _sha256(path) != digest):
+            changed.append(rel)
+    return changed
+
+
 def prepared_dir(data_cfg: Any) -> str:
     """Where the folder is prepared: <data_dir>/image_folder/<name>-<hash of folder, size, channels, split>."""
-    folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
+    folder = _folder(data_cfg)
     data_dir = cfg_value(data_cfg, "data_dir") or os.environ.get(
         "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets")
     )
@@ -305,21 +400,34 @@ def prepared_dir(data_cfg: Any) -> str:
 
 def prepare(data_cfg: Any) -> str:
     """Prepares (or finishes preparing) `data_cfg.folder`; returns the prepared directory."""
-    folder = os.path.abspath(cfg_value(data_cfg, "folder", ""))
+    folder = _folder(data_cfg)
     directory = prepared_dir(data_cfg)
     listing = scan(folder, float(cfg_value(data_cfg, "eval_fraction", 0.05)), _labels(data_cfg))
     plan_path, manifest_path = os.path.join(directory, PLAN), os.path.join(directory, MANIFEST)
 
     def ready() -> bool:
-        """Whether the folder is prepared (then read-only: no lock, no writes), refusing a changed folder."""
+        """Whether the folder is prepared (then read-only: no lock, no writes), refusing a changed
+        folder; a folder with the same files whose content changed is prepared again."""
         if not os.path.exists(manifest_path):
             return False
-        then = read_json(plan_path)["listing"]
+        plan = read_json(plan_path)
+        then = plan["listing"]
         if then != listing:
             raise DataError(
                 f"{folder} changed since it was prepared in {directory} ({_count(listing)} images now, "
                 f"{_count(then)} then): delete {directory} to prepare it again."
             )
+        changed = _changed_files(folder, plan.get("files", {}))
+        if changed:
+            logging.warning(
+                "%d image(s) of %s changed since it was prepared (e.g. %s): preparing it again.",
+                len(changed),
+                folder,
+                changed[0],
+            )
+            with contextlib.suppress(FileNotFoundError):  # Another process may have removed it.
+                os.remove(manifest_path)
+            return False
         return True
 
     if ready():
@@ -341,6 +449,7 @@ def prepare(data_cfg: Any) -> str:
             "classes": listing["classes"],
             "splits": {s: [x for x in v if x[0] not in unreadable] for s, v in listing["splits"].items()},
             "listing": listing,
+            "files": _signatures(folder, files, workers),
         }
         if old is not None and old != plan:  # Shards of another plan (the folder changed): start over.
             for name in os.listdir(directory):

@@ -35,7 +35,12 @@ def ssim(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def psnr(mse: float, max_value: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of a mean squared error on the [0, max_value] scale."""
+    """Peak signal-to-noise ratio in dB of a mean squared error on the [0, max_value] scale.
+
+    +inf for mse = 0 (a perfect reconstruction); NaN for a NaN mse, -inf for an infinite one.
+    """
+    if math.isnan(mse) or math.isinf(mse):
+        return float("nan") if math.isnan(mse) else float("-inf")
     return float(10.0 * math.log10(max_value**2 / mse)) if mse > 0 else float("inf")
 
 

@@ -15,6 +15,11 @@ moment. With several processes every process must save the *same* step, so the
 notice goes through JAX's coordination service, which agrees on a step
 (`multihost_utils.reached_preemption_sync_point`); a single process just turns
 SIGTERM into a flag.
+
+Ctrl-C (SIGINT) is handled the same way: the current step is finished, saved, and the run stops
+(without a KeyboardInterrupt traceback, and without breaking into an asynchronous save). A second
+Ctrl-C exits at once (status 130); the newest committed checkpoint stays, and orbax's half-written
+directory is removed by the next run.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import glob
 import importlib.util
 import os
 import signal
+import sys
 from collections.abc import Mapping
 
 import jax
@@ -170,16 +176,28 @@ class PreemptionNotice:
     it, all processes learn of it and `reached` returns True on all of them at
     the same step. Otherwise SIGTERM sets a local flag, and `reached` returns
     True after the step during which it arrived (the step is never interrupted).
+
+    SIGINT (Ctrl-C) sets `interrupted` and then acts as SIGTERM (with coordination it is
+    passed on as SIGTERM to this process, so every process agrees on the step); a second
+    SIGINT exits the process at once with status 130.
     """
 
     def __init__(self):
         self._received = False
         self._previous = None
+        self._previous_int = None
         self._installed = False
         self.coordinated = False
+        self.interrupted = False
 
     def __enter__(self) -> PreemptionNotice:
         self.coordinated = jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+        self._previous_int = None
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # Ignored (nohup, `cmd &`): left so.
+            try:
+                self._previous_int = signal.signal(signal.SIGINT, self._handle_interrupt)
+            except ValueError:  # Not the main thread: Ctrl-C keeps its default.
+                self._previous_int = None
         if self.coordinated:
             return self
         if jax.process_count() > 1:
@@ -198,6 +216,22 @@ class PreemptionNotice:
         del signum, frame
         self._received = True
 
+    def _handle_interrupt(self, signum, frame) -> None:
+        del signum, frame
+        if self.interrupted:
+            sys.stderr.write("\nSecond Ctrl-C: exiting now, without saving this step.\n")
+            sys.stderr.flush()
+            os._exit(130)  # pylint: disable=protected-access
+        self.interrupted = True
+        sys.stderr.write(
+            "\nCtrl-C: finishing this step, saving it, then stopping (Ctrl-C again exits at once).\n"
+        )
+        sys.stderr.flush()
+        if self.coordinated:
+            os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service agrees on the step.
+        else:
+            self._received = True
+
     def reached(self, step: int) -> bool:
         if self.coordinated:
             return multihost_utils.reached_preemption_sync_point(step)
@@ -207,3 +241,6 @@ class PreemptionNotice:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
             self._installed = False
+        if self._previous_int is not None:
+            signal.signal(signal.SIGINT, self._previous_int)
+            self._previous_int = None

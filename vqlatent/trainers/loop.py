@@ -38,6 +38,7 @@ every host sees).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shlex
 import sys
@@ -54,6 +55,7 @@ import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vqlatent import config_checks
 from vqlatent import data as data_lib
 from vqlatent.codes import dataset as codes_dataset
 from vqlatent.data.device import to_model_input
@@ -63,12 +65,34 @@ from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers.base import GRID_COLUMNS, Task, TrainState, make_task
 from vqlatent.utils import checkpoint as ckpt_lib
 from vqlatent.utils import run_lock
+from vqlatent.utils.errors import UserError
 from vqlatent.utils.version import code_version
 from vqlatent.utils.writer import MetricWriter
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or the train state became NaN or inf; nothing non-finite was saved."""
+
+
+class NonFiniteEvalError(NonFiniteLossError):
+    """An evaluation gave NaN (or inf) metrics; nothing was written over the earlier results."""
+
+
+class TrainingInterrupted(UserError):
+    """Ctrl-C (SIGINT): the current step was finished and saved, then the run stopped."""
+
+
+def non_finite_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics that are NaN or infinite; a PSNR of +inf (a perfect reconstruction,
+    mse = 0) is a value, not a failure."""
+    bad = {}
+    for name, value in metrics.items():
+        if not np.isscalar(value) or isinstance(value, (str, bytes)):
+            continue
+        value = float(value)
+        if math.isnan(value) or (math.isinf(value) and not ("psnr" in name and value > 0)):
+            bad[name] = value
+    return bad
 
 
 def tree_all_finite(tree: Any) -> jax.Array:
@@ -107,6 +131,7 @@ class Runner:
     """
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+        config_checks.check_config(config)
         self.config = config
         self.workdir = workdir
         self.spec = data_lib.get_spec(config.data)
@@ -154,24 +179,37 @@ class Runner:
             donate_argnums=(0,),
         )
 
+    def fresh_opt_state(self) -> Any:
+        """A freshly initialised optimizer state (for a checkpoint saved under another optimizer)."""
+        return self.initial_state().opt_state
+
     def restore(
         self, checkpointer: ckpt_lib.Checkpointer, step: int | None = None, with_data: bool = True
     ) -> tuple[TrainState, dict | None]:
-        step = checkpointer.latest_step() if step is None else step
-        return checkpointer.restore(step, self.abstract_state(), with_data=with_data)
+        """Checkpoint `step`, or the newest one that verifies (see `Checkpointer.restore_latest`)."""
+        if step is None:
+            restored = checkpointer.restore_latest(self.abstract_state(), with_data, self.fresh_opt_state)
+            if restored is None:
+                raise FileNotFoundError(f"No checkpoint in {checkpointer.directory}.")
+            return restored[:2]
+        return checkpointer.restore(step, self.abstract_state(), with_data, self.fresh_opt_state)
 
     def restore_for_eval(self) -> tuple[TrainState, int]:
-        """The newest checkpoint in the workdir, or a clear error if there is none."""
+        """The newest checkpoint in the workdir that verifies, or a clear error if there is none."""
         ckpt_lib.check_workdir_config(self.workdir, self.config, write=False)
         checkpointer = ckpt_lib.Checkpointer(self.workdir)
-        step = checkpointer.latest_step()
-        if step is None:
+        try:
+            restored = checkpointer.restore_latest(
+                self.abstract_state(), with_data=False, fresh_opt_state=self.fresh_opt_state
+            )
+        finally:
+            checkpointer.close()
+        if restored is None:
             raise FileNotFoundError(
                 f"No checkpoint in {checkpointer.directory}: train first "
                 f"(python -m vqlatent.main --config=... --workdir={self.workdir} --mode=train)."
             )
-        state, _ = self.restore(checkpointer, step, with_data=False)
-        checkpointer.close()
+        state, _, step = restored
         return state, step
 
     # -- evaluation ----------------------------------------------------------------
@@ -198,6 +236,16 @@ class Runner:
             )
         totals = jax.device_get(totals)
         metrics = self.task.eval_summary(totals)
+        bad = non_finite_metrics(metrics)
+        if bad:
+            raise NonFiniteEvalError(
+                f"The evaluation of step {step} gave {', '.join(f'{k}={v}' for k, v in bad.items())}: "
+                f"nothing was written ({writer.eval_json_path(step)} and latest.json keep what they "
+                f"had). The train state was checked finite when saved and restored, so the model "
+                f"itself produces non-finite outputs on the eval split (e.g. an overflow in "
+                f"dtype={self.config.dtype!r}): evaluate with dtype='float32', or retrain from an "
+                f"earlier checkpoint with a lower optimizer.learning_rate."
+            )
         metrics["eval_seconds"] = time.time() - start
         writer.scalars(step, {k: v for k, v in metrics.items() if np.isscalar(v)}, prefix="eval/")
         path = writer.eval_json(step, metrics)
@@ -235,6 +283,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     Process 0 holds the workdir's lock (`utils/run_lock.py`) for the whole run: a second run on
     the same workdir is refused instead of overwriting this one's checkpoints.
     """
+    config_checks.check_config(config, workdir)
     lock = run_lock.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
         return _train_and_evaluate(config, workdir)
@@ -242,35 +291,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     runner = Runner(config, workdir)
-    ckpt_lib.check_workdir_config(workdir, config)
-    if jax.process_index() == 0:  # The data's shapes: the trained model then loads without its data.
-        run = {
-            "command": shlex.join(["python", "-m", "vqlatent.main", *sys.argv[1:]]),
-            "code": code_version(),
-        }
-        codes_dataset.write_spec_file(workdir, runner.spec, run)
-    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints)
-    writer = MetricWriter(workdir)
-    train_iter = data_lib.make_train_iterator(
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-
-    start_step = checkpointer.latest_step()
-    if start_step is None:
-        state = runner.initial_state()
-        start_step = 0
-    else:
-        state, data_state = runner.restore(checkpointer, start_step)
-        if data_state is not None:
-            where = f"The checkpoint at step {start_step} in {checkpointer.directory}"
-            train_iter.set_state(
-                ckpt_lib.check_batching(data_state, config.batch_size, jax.process_count(), where)
-            )
-        logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
+    # Every resume check passes before anything is written: config.json, event files and
+    # checkpoints of a refused resume stay as they were.
+    ckpt_lib.check_workdir_config(workdir, config, write=False)
+    checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.keep_checkpoints, repair=True)
+    try:
+        train_iter = data_lib.make_train_iterator(
+            config.data,
+            global_batch_size=config.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        restored = checkpointer.restore_latest(runner.abstract_state(), True, runner.fresh_opt_state)
+        if restored is None:
+            state = runner.initial_state()
+            start_step = 0
+        else:
+            state, data_state, start_step = restored
+            if data_state is not None:
+                where = f"The checkpoint at step {start_step} in {checkpointer.directory}"
+                train_iter.set_state(
+                    ckpt_lib.check_batching(data_state, config.batch_size, jax.process_count(), where)
+                )
+            logging.info("Resumed from step %d in %s", start_step, checkpointer.directory)
+        ckpt_lib.write_workdir_config(workdir, config)
+        if jax.process_index() == 0:  # The data's shapes: the trained model then loads without its data.
+            run = {
+                "command": shlex.join(["python", "-m", "vqlatent.main", *sys.argv[1:]]),
+                "code": code_version(),
+            }
+            codes_dataset.write_spec_file(workdir, runner.spec, run)
+        writer = MetricWriter(workdir)
+    except BaseException:
+        checkpointer.close()
+        raise
+    if start_step >= config.num_train_steps:
+        logging.info(
+            "Step %d reached num_train_steps=%d: nothing to train (raise --config.num_train_steps to "
+            "train further).",
+            start_step,
+            config.num_train_steps,
+        )
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     logging.info(
         "%s: %d parameters, %d devices in %d processes (mesh %s), global batch %d",
@@ -298,8 +360,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
             return f"No checkpoint had been saved yet in {checkpointer.directory}."
         return (
             f"The last good checkpoint is step {last_good_step} in {checkpointer.directory}; "
-            f"rerunning the command resumes from it (consider a lower optimizer.learning_rate "
-            f"or optimizer.grad_clip_norm > 0)."
+            f"rerunning the command resumes from it. To change course on the rerun, lower "
+            f"--config.optimizer.learning_rate, or set --config.optimizer.grad_clip_norm=1.0 (the "
+            f"optimizer state then starts afresh, with a warning)."
         )
 
     def flush_metrics(step: int) -> None:
@@ -373,6 +436,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                 batch = mesh_lib.shard_batch(local_batch, runner.mesh)
                 state, metrics = train_step(state, batch)
                 step += 1
+                checkpointer.poll()  # A failed asynchronous save stops the run here.
                 pending.append((step, metrics))
                 progress.update(1)
                 preempted = preemption.reached(step)  # Every process, every step: the same answer.
@@ -383,24 +447,32 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                     save(step)
                 if preempted:
                     checkpointer.wait()  # Committed before the scheduler's grace period runs out.
-                    logging.warning(
-                        "Preempted: saved step %d to %s; rerun the same command to resume.",
-                        step,
-                        checkpointer.directory,
-                    )
+                    if not preemption.interrupted:  # Ctrl-C: `TrainingInterrupted` below says it.
+                        logging.warning(
+                            "Preempted: saved step %d to %s; rerun the same command to resume.",
+                            step,
+                            checkpointer.directory,
+                        )
                     break
                 if eval_due(step):
+                    checkpointer.wait()  # The save of this step committed first: an eval JSON means a checkpoint.
                     runner.evaluate(state, step, writer)
                     restart_window()
     finally:
         progress.close()
         checkpointer.close()
         writer.close()
+    if preemption.interrupted:
+        raise TrainingInterrupted(
+            f"Interrupted (Ctrl-C): step {step} was finished and saved to {checkpointer.directory}; "
+            f"rerun the same command to resume from it."
+        )
     return state
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """`--mode=eval`: evaluates the newest checkpoint of the workdir."""
+    """`--mode=eval`: evaluates the newest checkpoint of the workdir (that verifies)."""
+    config_checks.check_config(config)
     runner = Runner(config, workdir)
     state, step = runner.restore_for_eval()
     writer = MetricWriter(workdir)

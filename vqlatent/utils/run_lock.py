@@ -2,14 +2,19 @@
 
 Two runs started on one workdir would both write its checkpoints, each overwriting the other's.
 `WorkdirLock` holds `<workdir>/run.lock` for the life of a training run (process 0 of a
-multi-process run): an exclusive `flock` on the file, which holds `{"host", "pid", "started"}`.
+multi-process run): an exclusive `flock` on the file, which holds `{"host", "pid", "started",
+"pid_start", "boot_id"}`: `pid_start` is the process's start time in clock ticks after boot
+(field 22 of `/proc/<pid>/stat`) and `boot_id` the kernel's id of this boot, which together tell
+the process that wrote the lock from an unrelated one that was later given the same PID.
 
   * A second run on a live workdir is refused with `WorkdirLockedError`, naming the holder.
   * A run that died (killed, crashed, its machine rebooted) holds nothing: the kernel drops a
     dead process's `flock`, so the next run takes the lock over (and logs whose it was).
   * Where `flock` is not shared between the hosts that see the workdir (some network
     filesystems), the contents still name the holder: a lock written on this host by a process
-    that is still alive is refused even when the `flock` was granted.
+    that is still alive is refused even when the `flock` was granted. A PID that is alive but
+    started at another time (or in another boot) than the lock's writer is a reused PID: the
+    lock is stale and taken over. (Without /proc, as on macOS, a live PID is taken as the owner.)
 """
 
 from __future__ import annotations
@@ -32,14 +37,45 @@ class WorkdirLockedError(UserError):
     """Another live run holds the workdir."""
 
 
-def _alive_here(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of process `pid` in clock ticks after boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    # Field 2 (the command name) is in parentheses and may hold spaces: count after the last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    try:
+        return int(fields[19])  # Fields 3.. here; field 22 is the 20th of them.
+    except (IndexError, ValueError):
+        return None
+
+
+def boot_id() -> str | None:
+    """This boot's id (/proc/sys/kernel/random/boot_id), or None where there is none."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+def _alive_here(pid: int, pid_start: int | None = None, boot: str | None = None) -> bool:
+    """Whether the process that wrote a lock as `pid` (started at `pid_start` ticks in boot `boot`)
+    still runs on this host: `pid` exists and, where both are known, started at that time in this boot."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # Exists, owned by another user.
-        return True
+        pass
+    if boot is not None and boot_id() is not None and boot != boot_id():
+        return False  # Written before a reboot: every PID since is another process.
+    if pid_start is not None:
+        now = process_start_ticks(pid)
+        if now is not None and now != pid_start:
+            return False  # The PID was reused by a process started later.
     return True
 
 
@@ -84,12 +120,15 @@ class WorkdirLock:
         previous = _read(self.path)
         host, pid = socket.gethostname(), os.getpid()
         if previous.get("host") == host and previous.get("pid") not in (None, pid):
-            if _alive_here(int(previous["pid"])):  # flock not honoured here, but its owner lives.
-                os.close(fd)
+            owner = int(previous["pid"])
+            if _alive_here(owner, previous.get("pid_start"), previous.get("boot_id")):
+                os.close(fd)  # flock not honoured here, but its owner lives.
                 raise WorkdirLockedError(self._refusal(previous))
         if previous:
             logging.warning("Taking over the stale lock of %s in %s.", _describe(previous), self.path)
-        record = json.dumps({"host": host, "pid": pid, "started": time.time()}).encode()
+        record = {"host": host, "pid": pid, "started": time.time()}
+        record.update(pid_start=process_start_ticks(pid), boot_id=boot_id())
+        record = json.dumps(record).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, record, 0)
         os.fsync(fd)
