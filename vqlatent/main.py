@@ -45,13 +45,13 @@ from vqlatent.parallel import distributed
 from vqlatent.trainers import loop
 from vqlatent.utils import compilation_cache, errors
 
-# The model modes' options (export, encode, decode, reconstruct) are the default config: those modes
-# take their model from --workdir and need no --config.
+# The model modes' options (export, encode, decode, reconstruct) are the config when none is given
+# (`_parse_flags`): those modes take their model from --workdir and need no --config.
 MODEL_MODES_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "cli_config.py")
 MODEL_MODES = ("export", "encode", "decode", "reconstruct")
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
-    MODEL_MODES_CONFIG,
+    None,
     "Config file, e.g. configs/vqvae.py:mnist (not needed by --mode=export|encode|decode|reconstruct).",
     lock_config=True,
 )
@@ -87,11 +87,7 @@ def run(config, workdir: str, mode: str):
         from vqlatent.models import cli  # pylint: disable=g-import-not-at-top
 
         return cli.run(mode, config, workdir)
-    if "model_name" not in config:
-        raise errors.UserError(
-            f"--mode={mode} needs --config (e.g. --config=configs/vqvae.py); only "
-            f"--mode={'|'.join(MODEL_MODES)} run without one."
-        )
+    require_model_config(config, mode)
     if mode == "train":
         return loop.train_and_evaluate(config, workdir)
     if mode == "eval":
@@ -104,6 +100,15 @@ def run(config, workdir: str, mode: str):
             f"choose one of {['train', 'eval', *sorted(extra)]}."
         )
     return extra[mode](runner)
+
+
+def require_model_config(config, mode: str) -> None:
+    """A usage error unless `config` is a model's config (the model modes' default has none)."""
+    if "model_name" not in config:
+        raise errors.UserError(
+            f"--mode={mode} needs --config (e.g. --config=configs/vqvae.py); only "
+            f"--mode={'|'.join(MODEL_MODES)} run without one."
+        )
 
 
 def set_deterministic_ops(enabled: bool) -> bool:
@@ -127,7 +132,10 @@ def set_deterministic_ops(enabled: bool) -> bool:
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, printing an error raised by vqlatent in a config file without the
     traceback that ml_collections puts into the message (`--traceback` keeps it), and a
-    misspelt `--config.FIELD` or a missing config file as one paragraph."""
+    misspelt `--config.FIELD` or a missing config file as one paragraph. Without `--config`, the
+    model modes' options (`MODEL_MODES_CONFIG`) are the config."""
+    if not any(arg == "--config" or arg.startswith("--config=") for arg in argv[1:]):
+        argv = [argv[0], f"--config={MODEL_MODES_CONFIG}", *argv[1:]]
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
@@ -278,6 +286,7 @@ def _main():
         run(_CONFIG.value, _WORKDIR.value, _MODE.value)
         return
     config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+    require_model_config(config, _MODE.value)
     config_checks.check_config(config, workdir)  # Before anything is created, compiled or read.
     set_deterministic_ops(config.get("deterministic_ops", True))
     distributed.initialize(
