@@ -323,6 +323,7 @@ def test_vqvae_train_step_with_every_quantizer(preset, dtype, monkeypatch, tmp_p
 def test_vqvae2_steps_and_codes(levels, dtype, monkeypatch, tmp_path):
     config, spec = _vqvae2(levels, dtype)
     if levels == 3:  # The state fsdp-sharded over a second mesh axis (4 x 2 devices), as big models are.
+        config.data.folder = str(tmp_path)  # ffhq1024 reads an image folder (its spec is stubbed here).
         config.mesh.fsdp = 2
         monkeypatch.setattr(mesh_lib, "FSDP_MIN_SIZE", 256)  # The tiny model's kernels are sharded too.
     runner = _runner(config, spec, monkeypatch, tmp_path)

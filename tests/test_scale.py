@@ -79,7 +79,10 @@ def _command(workdir, data_dir, flags=()):
 
 def _env(num_devices):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env["XLA_FLAGS"] = (  # The collective timeout: tests/conftest.py.
+        f"--xla_force_host_platform_device_count={num_devices} "
+        "--xla_cpu_collective_call_terminate_timeout_seconds=900"
+    )
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
