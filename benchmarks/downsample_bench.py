@@ -27,7 +27,10 @@ from absl import app, flags  # noqa: E402
 from jax import lax  # noqa: E402
 
 import vqlatent  # noqa: E402,F401  (the package's XLA:CPU flags, before JAX starts)
+from vqlatent import backend
 from vqlatent.nets.downsample import PhaseGradConv  # noqa: E402
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed calls per form and round (median).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (the best is reported).")

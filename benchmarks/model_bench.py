@@ -22,9 +22,12 @@ import numpy as np
 
 import vqlatent
 from benchmarks.bench_timing import median_seconds
+from vqlatent import backend
 from vqlatent.data.device import to_model_input
 from vqlatent.models.autoencoder import Autoencoder
 from vqlatent.models.prior_chain import PriorChain
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 
 def _rows(model, batch: int, sample_batch: int, repeats: int) -> list[tuple[str, int, float]]:

@@ -48,7 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlatent import backend
 from vqlatent.quantizers import VectorQuantizer, VectorQuantizerEMA
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 SHAPES = [  # (N vectors, K codes); D = 64.
     (8192, 512),

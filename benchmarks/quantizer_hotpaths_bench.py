@@ -37,7 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlatent import backend
 from vqlatent.quantizers import VectorQuantizerEMA, ema, search
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 DEFAULT_SHAPES = ((8192, 512), (8192, 4096), (65536, 512), (65536, 4096), (65536, 16384))
 QUICK_SHAPES = ((1024, 64), (2048, 512))

@@ -30,8 +30,11 @@ from absl import app, flags  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import vqvae as vqvae_configs  # noqa: E402
+from vqlatent import backend
 from vqlatent.data.sources import DatasetSpec  # noqa: E402
 from vqlatent.trainers.base import make_task  # noqa: E402
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 DEFAULT_PRESETS = (
     "vq_ema,vq_ema_restart,fsq,lfq,bsq,simvq,vq_ema_stochastic,vq_ema_entropy,"

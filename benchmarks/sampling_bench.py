@@ -39,10 +39,13 @@ import numpy as np
 from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
 from ml_collections import config_flags
 
+from vqlatent import backend
 from vqlatent.codes import layout
 from vqlatent.priors import data as codes_data
 from vqlatent.priors import sampling
 from vqlatent.trainers import pixelcnn
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 _DEFAULT_CONFIG = (
     os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "pixelcnn.py") + ":mnist"

@@ -39,7 +39,10 @@ from ml_collections import config_flags
 # Run as a file (`python benchmarks/train_step_bench.py`): the repository root makes `benchmarks` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import bench_inputs  # noqa: E402
+from vqlatent import backend
 from vqlatent.utils import compilation_cache  # noqa: E402
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Model config.", lock_config=True)
 _CODES_CONFIG = config_flags.DEFINE_config_file(

@@ -22,7 +22,10 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags  # pylint: disable=g-multiple-import
 
+from vqlatent import backend
 from vqlatent.nets.layers import SubpixelConvTranspose
+
+backend.set_cpu_xla_flags()  # A command line: the XLA:CPU flags `python -m vqlatent.main` sets.
 
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per implementation and round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds.")

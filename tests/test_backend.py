@@ -1,4 +1,5 @@
-"""vqlatent.backend: per-backend choices and the XLA:CPU flags the package sets on import."""
+"""vqlatent.backend: per-backend choices, and the XLA:CPU flags the command line sets (importing the
+package sets none)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from vqlatent import backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PRINT_FLAGS = "import vqlatent, os; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
+_PRINT_FLAGS = "import vqlatent.main, os; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
 
 
 def _flags_after_import(env_changes: dict[str, str | None], code: str = _PRINT_FLAGS) -> str:
@@ -22,8 +23,22 @@ def _flags_after_import(env_changes: dict[str, str | None], code: str = _PRINT_F
     return eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 - a literal printed by our child.
 
 
-def test_import_sets_the_cpu_flags_when_the_user_set_none():
+def test_the_command_line_sets_the_cpu_flags_when_the_user_set_none():
     assert _flags_after_import({}) == " ".join(backend.CPU_XLA_FLAGS)
+
+
+def test_importing_the_package_or_its_quantizers_changes_no_environment_variable():
+    code = (
+        # Importing jax itself sets TPU_SKIP_MDS_QUERY and TF_CPP_MIN_LOG_LEVEL: vqlatent adds nothing.
+        "import os, json, jax, flax, optax; before = dict(os.environ)\n"
+        "import vqlatent, vqlatent.quantizers, vqlatent.nets.autoencoder, vqlatent.models\n"
+        "print(repr(json.dumps({'changed': sorted(k for k in set(before) | set(os.environ) "
+        "if before.get(k) != os.environ.get(k))})))"
+    )
+    assert _flags_after_import({}, code) == '{"changed": []}'
+    # The documented call adds them, as `python -m vqlatent.main` and `vqlatent.load` do.
+    explicit = "from vqlatent import backend; import os; backend.set_cpu_xla_flags(); print(repr(os.environ['XLA_FLAGS']))"
+    assert _flags_after_import({}, explicit) == " ".join(backend.CPU_XLA_FLAGS)
 
 
 def test_the_users_xla_flags_win_even_when_empty():
@@ -35,16 +50,14 @@ def test_the_users_xla_flags_win_even_when_empty():
 
 def test_opt_out_and_a_started_backend_leave_xla_flags_alone():
     assert _flags_after_import({"VQLATENT_XLA_FLAGS": "0"}) == "<unset>"
-    started_first = (
-        "import jax, os; jax.devices(); import vqlatent; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
-    )
+    started_first = "import jax, os; jax.devices(); import vqlatent.main; print(repr(os.environ.get('XLA_FLAGS', '<unset>')))"
     assert _flags_after_import({}, started_first) == "<unset>"
 
 
 def test_the_flags_keep_convolutions_exact():
     """A convolution and its kernel gradient agree (float32 rounding) with and without the flags."""
     code = (
-        "import vqlatent, jax, jax.numpy as jnp, numpy as np\n"
+        "import vqlatent.main, jax, jax.numpy as jnp, numpy as np\n"
         "x = jax.random.normal(jax.random.key(0), (4, 12, 12, 8)); w = jax.random.normal(jax.random.key(1), (3, 3, 8, 16))\n"
         "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
         "y, dw = f(x, w), jax.grad(lambda w: jnp.sum(f(x, w) ** 2))(w)\n"

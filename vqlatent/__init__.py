@@ -1,12 +1,10 @@
 """vqlatent: discrete-latent and information-maximising generative models in JAX/Flax.
 
-Importing the package sets the XLA:CPU flags measured fastest (`vqlatent.backend`), unless the
-user has set `XLA_FLAGS` or a JAX backend has already started.
+Importing the package (or any part of it, such as the quantizers inside another model) changes no
+environment variable. The command line (`python -m vqlatent.main`) and `vqlatent.load` add the
+XLA:CPU flags measured fastest; a library user who wants them calls
+`vqlatent.backend.set_cpu_xla_flags()` before JAX starts its backend (see `vqlatent.backend`).
 """
-
-from vqlatent import backend as _backend
-
-_backend.set_cpu_xla_flags()
 
 
 def load(path: str, step: int | None = None):
@@ -15,6 +13,8 @@ def load(path: str, step: int | None = None):
     Returns an `Autoencoder` (encode / decode / reconstruct), a `PriorChain` (sample) or an `InfoGAN`
     (generate / infer); see `vqlatent.models`. Nothing reads the training data.
     """
+    from vqlatent import backend  # pylint: disable=g-import-not-at-top
     from vqlatent.models import loading  # pylint: disable=g-import-not-at-top  # Keeps `import vqlatent` light.
 
+    backend.set_cpu_xla_flags()  # Only while no JAX backend has started (see vqlatent.backend).
     return loading.load(path, step)

@@ -13,9 +13,11 @@ reads the per-backend tables (`FORM_TABLES`) and returns the value each config f
 would take there, to be written into the config; inside `resolving_for(platform)`, `resolve`
 answers 'auto' as it would on that platform.
 
-`set_cpu_xla_flags()` runs when `vqlatent` is imported: it adds the XLA:CPU flags measured fastest
-to `XLA_FLAGS`, only when the user has not set `XLA_FLAGS` and the backend has not started yet
-(XLA reads the variable once, when the first backend is created). `VQLATENT_XLA_FLAGS=0` turns it off.
+`set_cpu_xla_flags()` adds the XLA:CPU flags measured fastest to `XLA_FLAGS`, only when the user
+has not set `XLA_FLAGS` and the backend has not started yet (XLA reads the variable once, when the
+first backend is created); `VQLATENT_XLA_FLAGS=0` turns it off. The command line
+(`python -m vqlatent.main`), `vqlatent.load` and the benchmark scripts call it; importing the
+package never changes the environment, so a library user calls it explicitly if they want the flags.
 """
 
 from __future__ import annotations
