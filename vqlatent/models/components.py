@@ -22,6 +22,7 @@ import numpy as np
 from vqlatent.codes import dataset as codes_dataset
 from vqlatent.models import format as fmt
 from vqlatent.trainers import base
+from vqlatent.utils import checkpoint as ckpt_lib
 from vqlatent.utils import workdir as workdir_lib
 
 
@@ -54,7 +55,7 @@ class Component:
     def record(self) -> dict[str, Any]:
         """The component's entry in a model directory's config.json."""
         return {
-            "config": workdir_lib.ckpt_lib.config_to_json_dict(self.config),
+            "config": ckpt_lib.config_to_json_dict(self.config),
             "spec": codes_dataset.spec_to_json(self.spec, portable=True),
             "step": int(self.step),
         }

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vqlatent.codes import layout
 from vqlatent.data.device import images_to_float
 from vqlatent.evaluation import metrics as metric_lib
 from vqlatent.infogan import evaluation as ig_evaluation
@@ -91,8 +90,3 @@ def infogan_accuracy(model: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]
         out[f"cat{i}_accuracy"] = float(ig_evaluation.matched_accuracy(confusion)[0])
     out["num_images"] = int(len(labels))
     return out
-
-
-def code_key_batch(codes: Mapping[str, np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
-    """A prior's batch: {'codes_<level>': maps, 'label': labels}."""
-    return {**{layout.code_key(n): np.asarray(c, np.int32) for n, c in codes.items()}, "label": labels}
