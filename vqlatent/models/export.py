@@ -147,7 +147,11 @@ def export(
 
 
 def training_run(component: Component) -> dict[str, Any]:
-    """The command and code version that trained the component (from its workdir's spec.json)."""
+    """The command and code version that trained the component (from its workdir's spec.json, or
+    from the model directory it was loaded from)."""
+    if fmt.is_model_dir(component.source):
+        recorded = fmt.read_model_config(component.source).get("provenance", {}).get(component.name, {})
+        return {k: recorded.get(k, "not recorded") for k in ("command", "code")}
     path = os.path.join(component.source, "spec.json")
     run = layout.read_json(path).get("run", {}) if os.path.isfile(path) else {}
     return {"command": run.get("command", "not recorded"), "code": run.get("code", "not recorded")}
