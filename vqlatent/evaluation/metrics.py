@@ -44,13 +44,6 @@ def psnr(mse: float, max_value: float = 1.0) -> float:
     return float(10.0 * math.log10(max_value**2 / mse)) if mse > 0 else float("inf")
 
 
-def perplexity_from_counts(counts: np.ndarray) -> float:
-    """exp(-sum p log(p + 1e-10)) with p the code frequencies (Sonnet's definition)."""
-    counts = np.asarray(counts, np.float64)
-    p = counts / max(counts.sum(), 1.0)
-    return float(np.exp(-np.sum(p * np.log(p + 1e-10))))
-
-
 def usage_from_counts(counts: np.ndarray) -> float:
     """Fraction of the codebook used at least once."""
     counts = np.asarray(counts)

@@ -46,7 +46,6 @@ fields become the accepted config keys.
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -82,32 +81,6 @@ QUANTIZERS: dict[str, type[nn.Module]] = {
     "residual_fsq": ResidualFSQ,
     "residual_lfq": ResidualLFQ,
 }
-
-# The pure functions under the module names they had before the package was split by idea
-# (`core`: search + estimators + statistics + EMA update; `codebook_ops`: k-means, restarts, counts),
-# so code written against them keeps working.
-core = types.SimpleNamespace(
-    squared_distances=search.squared_distances,
-    argmin_last_axis=search.argmin_last_axis,
-    nearest_code=search.nearest_code,
-    validate_chunk_size=search.validate_chunk_size,
-    straight_through=straight_through,
-    vq_losses=statistics.vq_losses,
-    code_counts=statistics.code_counts,
-    perplexity=statistics.perplexity,
-    init_ema_state=ema.init_ema_state,
-    ema_update=ema.ema_update,
-    CODEBOOK=ema.CODEBOOK,
-    EMA_CLUSTER_SIZE_HIDDEN=ema.EMA_CLUSTER_SIZE_HIDDEN,
-    EMA_DW_HIDDEN=ema.EMA_DW_HIDDEN,
-    COUNTER=ema.COUNTER,
-    EMA_STATE_KEYS=ema.EMA_STATE_KEYS,
-)
-codebook_ops = types.SimpleNamespace(
-    l2_normalize=search.l2_normalize,
-    **{n: getattr(ema, n) for n in ("sample_rows", "kmeans", "ema_usage", "restart_dead_codes")},
-    code_counts_per_codebook=code_counts_per_codebook,
-)
 
 # Dataclass fields every linen Module has; not quantiser configuration.
 _LINEN_FIELDS = frozenset({"parent", "name"})
@@ -186,9 +159,7 @@ __all__ = [
     "VectorQuantizerEMA",
     "base",
     "code_counts_per_codebook",
-    "codebook_ops",
     "config_fields",
-    "core",
     "diagnostics",
     "ema",
     "estimators",
