@@ -41,6 +41,7 @@ from PIL import Image
 from vqlatent.data import preprocess
 from vqlatent.data.sources import DataError, cfg_value
 from vqlatent.data.tfds_sources import file_lock
+from vqlatent.utils.hashing import sha256_file
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 SPLITS = ("train", "test")
@@ -354,18 +355,10 @@ def _stat(path: str) -> list[int]:
     return [info.st_size, info.st_mtime_ns]
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _signatures(folder: str, files: Sequence[str], workers: int) -> dict[str, list]:
     """{path: [size, mtime_ns, sha256]} of every file (what the prepared data was made from)."""
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        hashes = list(pool.map(lambda f: _sha256(os.path.join(folder, f)), files))
+        hashes = list(pool.map(lambda f: sha256_file(os.path.join(folder, f)), files))
     return {f: [*_stat(os.path.join(folder, f)), h] for f, h in zip(files, hashes)}
 
 
@@ -380,7 +373,7 @@ def _changed_files(folder: str, recorded: dict[str, list]) -> list[str]:
         except OSError:
             changed.append(rel)
             continue
-        if now != [size, mtime_ns] and (now[0] != size or _sha256(path) != digest):
+        if now != [size, mtime_ns] and (now[0] != size or sha256_file(path) != digest):
             changed.append(rel)
     return changed
 

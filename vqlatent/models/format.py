@@ -18,7 +18,6 @@ checkpoint: the same checkpoint exports to the same files.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -28,6 +27,7 @@ import numpy as np
 from safetensors import numpy as st_numpy
 
 from vqlatent.utils import errors
+from vqlatent.utils.hashing import sha256_file
 
 FORMAT = "vqlatent.model"
 FORMAT_VERSION = 1
@@ -67,14 +67,6 @@ def unflatten_variables(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[leaf] = value
     return tree
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_weights(path: str, variables: Mapping[str, Any]) -> str:

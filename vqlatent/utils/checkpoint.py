@@ -23,7 +23,6 @@ the record before trusting a checkpoint (see `Checkpointer`).
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -39,6 +38,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from vqlatent.utils.errors import UserError
+from vqlatent.utils.hashing import sha256_file
 
 # Config fields that define *what* is trained. A workdir holding a checkpoint
 # of another value for any of these is refused rather than silently overwritten.
@@ -250,14 +250,6 @@ class CheckpointSaveError(CheckpointError):
     """A save did not complete (disk full, quota, I/O error): training stopped without it."""
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _files(step_dir: str) -> list[str]:
     """Every file under `step_dir` (relative paths, sorted), the record itself excepted."""
     out = []
@@ -275,7 +267,7 @@ def write_record(step_dir: str) -> None:
     record = {
         "format": 1,
         "files": {
-            rel: [os.path.getsize(os.path.join(step_dir, rel)), _sha256(os.path.join(step_dir, rel))]
+            rel: [os.path.getsize(os.path.join(step_dir, rel)), sha256_file(os.path.join(step_dir, rel))]
             for rel in _files(step_dir)
         },
     }
@@ -319,7 +311,7 @@ def verify(step_dir: str) -> str | None:
         found = os.path.getsize(path)
         if found != size:
             return f"{rel} has {found} bytes, {size} were written"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{rel} does not have the content that was written (SHA-256 differs)"
     return None
 
