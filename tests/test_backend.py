@@ -70,12 +70,46 @@ def test_the_flags_keep_convolutions_exact():
 
 
 def test_resolve_picks_the_backend_default_and_rejects_unknown_values(monkeypatch):
-    table = {"cpu": "subpixel", "gpu": "conv_transpose", "default": "conv_transpose"}
-    choices = ("subpixel", "conv_transpose")
     monkeypatch.setattr(backend, "default_backend", lambda: "cpu")
-    assert backend.resolve("model.upsample", "auto", table, choices) == "subpixel"
+    assert backend.resolve("model.upsample", "auto") == "subpixel"
     monkeypatch.setattr(backend, "default_backend", lambda: "tpu")
-    assert backend.resolve("model.upsample", "auto", table, choices) == "conv_transpose"
-    assert backend.resolve("model.upsample", "subpixel", table, choices) == "subpixel"
+    assert backend.resolve("model.upsample", "auto") == "conv_transpose"
+    assert backend.resolve("model.upsample", "subpixel") == "subpixel"
     with pytest.raises(ValueError, match=r"model.upsample='bilinear'.*'auto'"):
-        backend.resolve("model.upsample", "bilinear", table, choices)
+        backend.resolve("model.upsample", "bilinear")
+
+
+def test_the_size_guards_override_every_backends_default(monkeypatch):
+    for name in ("cpu", "gpu", "tpu"):
+        monkeypatch.setattr(backend, "default_backend", lambda name=name: name)
+        big = backend.MIN_PHASE_GRAD_PIXELS
+        small = {"input_pixels": big - 1, "input_channels": 64}
+        assert backend.resolve("model.downsample", "auto", **small) == "conv"
+        assert backend.resolve("model.downsample", "phase_grad", **small) == "phase_grad"  # Forced.
+        wide = {"input_pixels": big, "input_channels": backend.MIN_PHASE_GRAD_CHANNELS}
+        assert backend.resolve("model.downsample", "auto", **wide) == (
+            "phase_grad" if name == "cpu" else "conv"
+        )
+        many = backend.ONE_HOT_MAX_CODES + 1
+        assert backend.resolve("quantizer.ema_statistics", "auto", num_codes=many) == "segment_sum"
+        assert backend.resolve("quantizer.ema_statistics", "one_hot", num_codes=many) == "one_hot"
+    with pytest.raises(TypeError, match="needs the sizes"):
+        backend.resolve("quantizer.ema_statistics", "auto")
+
+
+def test_every_choice_has_its_forms_a_default_and_a_reason():
+    for field, choice in backend.CHOICES.items():
+        assert "default" in choice.per_backend and choice.reason, field
+        assert set(choice.per_backend.values()) <= set(choice.forms), field
+        assert choice.guard is None or choice.guard.form in choice.forms, field
+
+
+def test_initializer_rng_uses_the_classic_threefry_unless_told_to_keep_jaxs():
+    import jax  # pylint: disable=g-import-not-at-top
+
+    default = jax.config.jax_threefry_partitionable
+    with backend.initializer_rng():
+        assert jax.config.jax_threefry_partitionable is False
+    with backend.initializer_rng(keep_jax_default=True):
+        assert jax.config.jax_threefry_partitionable == default
+    assert jax.config.jax_threefry_partitionable == default

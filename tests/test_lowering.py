@@ -247,9 +247,8 @@ def test_forms_for_and_resolving_for_answer_for_another_platform():
     assert backend.forms_for("cuda")["upsample"] == backend.forms_for("gpu")["upsample"] == "conv_transpose"
     with backend.resolving_for("tpu") as name:
         assert name == "tpu" and backend.default_backend() == "tpu"
-        assert backend.resolve("model.upsample", "auto", layers.UPSAMPLE_PER_BACKEND, layers.UPSAMPLERS) == (
-            "conv_transpose"
-        )
+        assert backend.resolve("model.upsample", "auto") == "conv_transpose"
+        assert backend.CHOICES["upsample"].forms == layers.UPSAMPLERS
     assert backend.default_backend() == "cpu"
     with pytest.raises(ValueError, match="Unknown platform 'metal'"):
         backend.forms_for("metal")
@@ -298,7 +297,7 @@ def test_force_forms_sets_every_auto_field_and_keeps_forced_ones():
             "one_hot",
         )
     assert config.model.upsample == "auto" and "argmin_form" not in config.quantizer.top  # A copy.
-    config.quantizer.top.num_embeddings = 8192  # Above ema.ONE_HOT_MAX_CODES: the scatter everywhere.
+    config.quantizer.top.num_embeddings = 8192  # Above backend.ONE_HOT_MAX_CODES: the scatter everywhere.
     assert lowering.force_forms(config, "cuda").quantizer.top.ema_statistics == "segment_sum"
     fsq = lowering.force_forms(load_config("vqvae", "digits,quantizer=fsq"), "cuda").quantizer
     assert "argmin_form" not in fsq  # FSQ has no codebook search.

@@ -8,14 +8,10 @@ import jax.numpy as jnp
 import pytest
 
 from vqlatent import backend as vqlatent_backend
+from vqlatent.backend import MIN_PHASE_GRAD_CHANNELS, MIN_PHASE_GRAD_PIXELS
 from vqlatent.nets import autoencoder
 from vqlatent.nets.autoencoder import check_image_shape
-from vqlatent.nets.downsample import (
-    MIN_PHASE_GRAD_CHANNELS,
-    MIN_PHASE_GRAD_PIXELS,
-    PhaseGradConv,
-    downsampling_layer,
-)
+from vqlatent.nets.downsample import PhaseGradConv, downsampling_layer
 from vqlatent.nets.layers import SubpixelConvTranspose, upsampling_layer
 from vqlatent.quantizers import VectorQuantizerEMA
 

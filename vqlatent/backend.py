@@ -7,11 +7,18 @@ lanes). Each such choice is a config field whose value `'auto'` resolves here, b
 form on every backend (every form computes the same function and is tested equal to its reference on
 the CPU). `docs/lab/speed.md` holds the measurements behind each default.
 
+Every such choice is one entry of `CHOICES`: the field, its forms, the default per backend, the
+size guard (a rule on sizes that overrides the default on every backend) and the reason in a line.
+The modules that implement the forms call `resolve(field, value, **sizes)`; nothing else holds a
+per-backend default.
+
 The forms another platform picks can be had on this machine, to lower a program for it
 (`jax.export` with `platforms=("cuda", "tpu")`, `vqlatent.utils.lowering`): `forms_for(platform)`
-reads the per-backend tables (`FORM_TABLES`) and returns the value each config field's 'auto'
-would take there, to be written into the config; inside `resolving_for(platform)`, `resolve`
-answers 'auto' as it would on that platform.
+returns the value each config field's 'auto' would take there, to be written into the config;
+inside `resolving_for(platform)`, `resolve` answers 'auto' as it would on that platform.
+
+`initializer_rng()` is the random-number implementation the tasks initialise their parameters
+with (see its docstring).
 
 `set_cpu_xla_flags()` adds the XLA:CPU flags measured fastest to `XLA_FLAGS`, only when the user
 has not set `XLA_FLAGS` and the backend has not started yet (XLA reads the variable once, when the
@@ -23,10 +30,10 @@ package never changes the environment, so a library user calls it explicitly if 
 from __future__ import annotations
 
 import contextlib
-import importlib
+import dataclasses
 import os
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 # XLA:CPU flags set by the package when the user has not set XLA_FLAGS (see module docstring).
 # jaxlib 0.10 routes convolutions and matmuls through YNNPACK/XNNPACK library fusions by default. Their
@@ -65,15 +72,92 @@ def _backend_started() -> bool:
         return True
 
 
-# The config fields with per-backend forms: the field's name (as it appears in any section of a
-# config: `model.upsample`, `model.generator.upsample`, `quantizer.argmin_form`, ...) -> (module,
-# name of its backend -> form table). Each module resolves its field with `resolve` and that table.
-FORM_TABLES: dict[str, tuple[str, str]] = {
-    "upsample": ("vqlatent.nets.layers", "UPSAMPLE_PER_BACKEND"),
-    "downsample": ("vqlatent.nets.downsample", "DOWNSAMPLE_PER_BACKEND"),
-    "argmin_form": ("vqlatent.quantizers.search", "ARGMIN_PER_BACKEND"),
-    "distance_precision": ("vqlatent.quantizers.search", "DISTANCE_PRECISION_PER_BACKEND"),
-    "ema_statistics": ("vqlatent.quantizers.ema", "EMA_STATISTICS_PER_BACKEND"),
+@dataclasses.dataclass(frozen=True)
+class SizeGuard:
+    """A size rule on top of the per-backend default: where `holds(**sizes)`, 'auto' picks `form` on
+    every backend (`rule` says when, in words)."""
+
+    form: str
+    rule: str
+    holds: Callable[..., bool]
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One per-backend choice: the config field's forms, the form 'auto' picks per backend (the key
+    'default' covers backends not named), its size guard if any, and why (docs/lab/speed.md)."""
+
+    forms: tuple[str, ...]
+    per_backend: Mapping[str, str]
+    reason: str
+    guard: SizeGuard | None = None
+
+    def default(self, backend_name: str) -> str:
+        """The form 'auto' picks on `backend_name`, before any size guard."""
+        return self.per_backend.get(backend_name, self.per_backend["default"])
+
+
+# The per-phase input gradient of a strided convolution was measured faster on the CPU only for
+# inputs of at least this many pixels and channels (benchmarks/downsample_bench.py; docs/lab/speed.md).
+MIN_PHASE_GRAD_PIXELS = 32 * 32
+MIN_PHASE_GRAD_CHANNELS = 16
+# Above this many codes the (N, K) one-hot of the EMA statistics costs more memory traffic than the scatter.
+ONE_HOT_MAX_CODES = 4096
+
+# Every per-backend choice of the package, by config field name (its last name: the field appears in
+# any section of a config, `model.upsample`, `model.generator.upsample`, `quantizer.argmin_form`, ...).
+# The modules that implement the forms resolve their field here (`resolve`); `forms_for` reads it for
+# other platforms; `vqlatent.utils.checkpoint.IMPLEMENTATION_LEAVES` is its keys. Measurements behind
+# each default: docs/lab/speed.md; the same table in words: docs/backends.md.
+CHOICES: dict[str, Choice] = {
+    # vqlatent.nets.layers.upsampling_layer: 4x4 / stride-2 transposed convolutions.
+    "upsample": Choice(
+        forms=("subpixel", "conv_transpose"),
+        per_backend={"cpu": "subpixel", "default": "conv_transpose"},
+        reason="XLA:CPU's kernel gradient of a strided transposed convolution is 10-80x slower than "
+        "the per-phase (sub-pixel) form; cuDNN and the TPU do ConvTranspose natively.",
+    ),
+    # vqlatent.nets.downsample.downsampling_layer: 4x4 / stride-2 convolutions.
+    "downsample": Choice(
+        forms=("conv", "phase_grad"),
+        per_backend={"cpu": "phase_grad", "default": "conv"},
+        reason="XLA:CPU differentiates a strided convolution w.r.t. its input over a zero-dilated "
+        "gradient; the per-phase input gradient skips the zeros. GPUs and TPUs do it natively.",
+        guard=SizeGuard(
+            form="conv",
+            rule=f"inputs of fewer than {MIN_PHASE_GRAD_PIXELS} pixels or {MIN_PHASE_GRAD_CHANNELS} "
+            "channels (the per-phase form is no faster there)",
+            holds=lambda input_pixels, input_channels: (
+                input_pixels < MIN_PHASE_GRAD_PIXELS or input_channels < MIN_PHASE_GRAD_CHANNELS
+            ),
+        ),
+    ),
+    # vqlatent.quantizers.search: the nearest-code argmin.
+    "argmin_form": Choice(
+        forms=("two_level", "plain"),
+        per_backend={"cpu": "two_level", "default": "plain"},
+        reason="XLA:CPU's variadic argmin reduction is not vectorised (two levels of min are); "
+        "GPUs and TPUs reduce argmin natively and the two-level reshape pads badly on TPU lanes.",
+    ),
+    # vqlatent.quantizers.search: the precision of the x.e matmul of the distances.
+    "distance_precision": Choice(
+        forms=("highest", "high", "default"),
+        per_backend={"default": "highest"},
+        reason="TF32 / one bf16 pass moves x.e by about 1e-3 |x||e| and changes the nearest code of "
+        "near-ties, so codes would depend on the backend; 'high' and 'default' are there to measure.",
+    ),
+    # vqlatent.quantizers.ema: the EMA cluster statistics n and dw.
+    "ema_statistics": Choice(
+        forms=("segment_sum", "one_hot"),
+        per_backend={"cpu": "segment_sum", "default": "one_hot"},
+        reason="A one-hot matmul runs on the GPU's and TPU's matrix units instead of serialised "
+        "atomic adds; on the CPU the scatter-add is over 100x faster.",
+        guard=SizeGuard(
+            form="segment_sum",
+            rule=f"more than {ONE_HOT_MAX_CODES} codes (the (N, K) one-hot costs more memory traffic)",
+            holds=lambda num_codes: num_codes > ONE_HOT_MAX_CODES,
+        ),
+    ),
 }
 
 # `jax.export` platform names -> `jax.default_backend()` names (the keys of the tables).
@@ -90,32 +174,24 @@ def backend_of_platform(platform: str) -> str:
     return PLATFORM_BACKENDS[platform]
 
 
-def form_tables() -> dict[str, Mapping[str, str]]:
-    """{config field name: its backend -> form table} (imports the modules that own them)."""
-    return {
-        field: getattr(importlib.import_module(module), table)
-        for field, (module, table) in FORM_TABLES.items()
-    }
-
-
 def forms_for(platform: str) -> dict[str, str]:
     """{config field name: the form 'auto' picks on `platform`} ('cuda' and 'tpu' as `jax.export`
     names them, or a backend name).
 
     E.g. `forms_for('cuda')['upsample'] == 'conv_transpose'` while 'auto' is 'subpixel' on the CPU.
-    These are the tables' entries; the few 'auto' rules that also look at sizes (the EMA statistics
-    of more than `ema.ONE_HOT_MAX_CODES` codes, the CPU's per-phase downsampling of small layers)
-    are applied by the modules themselves (`vqlatent.utils.lowering.force_forms` applies them).
+    These are the per-backend defaults of `CHOICES`, before the size guards (the EMA statistics of
+    more than `ONE_HOT_MAX_CODES` codes, the per-phase downsampling of small layers), which need
+    the sizes: `resolve` applies them (and `vqlatent.utils.lowering.force_forms` through it).
     """
     name = backend_of_platform(platform)
-    return {field: table.get(name, table["default"]) for field, table in form_tables().items()}
+    return {field: choice.default(name) for field, choice in CHOICES.items()}
 
 
 @contextlib.contextmanager
 def resolving_for(platform: str) -> Iterator[str]:
     """Within the block `default_backend()`, hence `resolve(..., 'auto', ...)`, answers for `platform`.
 
-    Only for Python that resolves forms when it runs (e.g. `ema.resolve_ema_statistics('auto', K)`):
+    Only for Python that resolves forms when it runs (e.g. `resolve('ema_statistics', 'auto', num_codes=K)`):
     jax reuses a function's trace for equal arguments (a jitted function with a static model keeps the
     forms of its first trace), so to lower a program for another platform write the forms into its
     config instead (`forms_for`, `vqlatent.utils.lowering.force_forms`). Yields the backend name.
@@ -138,17 +214,41 @@ def default_backend() -> str:
     return jax.default_backend()
 
 
-def resolve(field: str, value: str, per_backend: Mapping[str, str], choices: tuple[str, ...]) -> str:
-    """`value`, or for `'auto'` the form `per_backend` names for this backend.
+def resolve(field: str, value: str, **sizes: int) -> str:
+    """`value`, or for `'auto'` the form `CHOICES` names for this backend (and these sizes).
 
     Args:
-      field: the config field, for the error message (e.g. 'model.upsample').
-      value: the configured value: one of `choices`, or 'auto'.
-      per_backend: backend name -> form; the key 'default' covers backends not named.
-      choices: the valid forms.
+      field: the config field as a user writes it, e.g. 'model.upsample' (for the error message);
+        its last name is the `CHOICES` key.
+      value: the configured value: one of the field's forms, or 'auto' ('auto' on every backend
+        the table's default; a form: that form everywhere).
+      **sizes: what the field's size guard reads ('downsample': `input_pixels`, `input_channels`;
+        'ema_statistics': `num_codes`); required for those fields.
     """
-    if value == "auto":
-        value = per_backend.get(default_backend(), per_backend["default"])
-    if value not in choices:
-        raise ValueError(f"Unknown {field}={value!r}; choose 'auto' or one of {list(choices)}.")
-    return value
+    choice = CHOICES[field.rsplit(".", 1)[-1]]
+    if choice.guard is not None and not sizes:
+        raise TypeError(f"resolve({field!r}) needs the sizes its guard reads ({choice.guard.rule}).")
+    if value not in choice.forms and value != "auto":
+        raise ValueError(f"Unknown {field}={value!r}; choose 'auto' or one of {list(choice.forms)}.")
+    if value != "auto":
+        return value
+    if choice.guard is not None and choice.guard.holds(**sizes):
+        return choice.guard.form
+    return choice.default(default_backend())
+
+
+@contextlib.contextmanager
+def initializer_rng(keep_jax_default: bool = False) -> Iterator[None]:
+    """The threefry implementation to initialise a model's parameters under (`with` around `init`).
+
+    XLA:CPU compiles the partitionable threefry (`jax_threefry_partitionable`, JAX's default) of
+    every random initialiser very slowly, several times slower than the classic one, which gives
+    equally good random numbers; so tasks initialise under the classic one. `keep_jax_default=True`
+    keeps JAX's setting instead: the one-level VQ-VAE does, because its checkpoints and results were
+    made with it. Only the initial parameters depend on this choice; the training steps draw their
+    numbers under JAX's setting (sharded batches draw the same numbers as one device).
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+
+    with jax.threefry_partitionable(keep_jax_default and jax.config.jax_threefry_partitionable):
+        yield

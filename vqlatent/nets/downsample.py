@@ -35,14 +35,13 @@ from jax import lax
 
 from vqlatent import backend
 
-DOWNSAMPLERS = ("conv", "phase_grad")
-DOWNSAMPLE_PER_BACKEND = {"cpu": "phase_grad", "default": "conv"}
-# 'auto' on the CPU uses the per-phase input gradient only where it was measured faster
-# (benchmarks/downsample_bench.py, forward + all gradients of one layer): inputs of at least 32x32
-# pixels (1.07x at 32x32, 1.3x at 64x64, 1.6x at 128x128; at 14x14 it is 0.9x) and 16 channels (an
-# image layer with 1 input channel: 0.6x; an autoencoder never differentiates its image input anyway).
-MIN_PHASE_GRAD_PIXELS = 32 * 32
-MIN_PHASE_GRAD_CHANNELS = 16
+# The forms; 'auto' picks per backend and by layer size as `backend.CHOICES['downsample']` says: on the
+# CPU the per-phase input gradient only where it was measured faster (benchmarks/downsample_bench.py,
+# forward + all gradients of one layer): inputs of at least `backend.MIN_PHASE_GRAD_PIXELS` pixels
+# (1.07x at 32x32, 1.3x at 64x64, 1.6x at 128x128; at 14x14 it is 0.9x) and
+# `backend.MIN_PHASE_GRAD_CHANNELS` channels (an image layer with 1 input channel: 0.6x; an
+# autoencoder never differentiates its image input anyway).
+DOWNSAMPLERS = backend.CHOICES["downsample"].forms
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -164,12 +163,11 @@ def downsampling_layer(
 ) -> nn.Module:
     """A 4x4, stride-2 convolution in the form `kind` names: 'conv' is `nn.Conv`, 'phase_grad'
     `PhaseGradConv` (the same function, values and parameters). 'auto' (config `model.downsample`)
-    picks the backend's form (`DOWNSAMPLE_PER_BACKEND`), and `nn.Conv` for an NHWC `input_shape` of
-    fewer than `MIN_PHASE_GRAD_PIXELS` pixels or `MIN_PHASE_GRAD_CHANNELS` channels."""
+    picks the backend's form, and `nn.Conv` for an NHWC `input_shape` of fewer than
+    `backend.MIN_PHASE_GRAD_PIXELS` pixels or `backend.MIN_PHASE_GRAD_CHANNELS` channels
+    (`backend.CHOICES['downsample']`)."""
     _, height, width, channels = input_shape
-    if kind == "auto" and (height * width < MIN_PHASE_GRAD_PIXELS or channels < MIN_PHASE_GRAD_CHANNELS):
-        kind = "conv"
-    kind = backend.resolve("model.downsample", kind, DOWNSAMPLE_PER_BACKEND, DOWNSAMPLERS)
+    kind = backend.resolve("model.downsample", kind, input_pixels=height * width, input_channels=channels)
     cls = PhaseGradConv if kind == "phase_grad" else nn.Conv
     return cls(
         features,

@@ -228,11 +228,9 @@ class ResidualStack(nn.Module):
         return nn.relu(h)
 
 
-# 4x4 / stride-2 upsampling: `SubpixelConvTranspose` (per-phase) on the CPU, where XLA's kernel gradient
-# of a strided transposed convolution is 10-80x slower (benchmarks/upsample_bench.py); `nn.ConvTranspose`
-# elsewhere (cuDNN and the TPU's convolution units do it natively). Same function, same parameters.
-UPSAMPLERS = ("subpixel", "conv_transpose")
-UPSAMPLE_PER_BACKEND = {"cpu": "subpixel", "default": "conv_transpose"}
+# 4x4 / stride-2 upsampling: `SubpixelConvTranspose` (per-phase) or `nn.ConvTranspose`, the same
+# function with the same parameters; which one 'auto' picks per backend, and why: `backend.CHOICES`.
+UPSAMPLERS = backend.CHOICES["upsample"].forms
 
 
 def upsampling_layer(
@@ -244,8 +242,8 @@ def upsampling_layer(
     kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal(),
 ) -> nn.Module:
     """A 4x4, stride-2 transposed convolution ('SAME') in the form `kind` names (config `model.upsample`:
-    'auto' picks the backend's default, `UPSAMPLE_PER_BACKEND`)."""
-    kind = backend.resolve("model.upsample", kind, UPSAMPLE_PER_BACKEND, UPSAMPLERS)
+    'auto' picks the backend's default, `vqlatent.backend.CHOICES['upsample']`)."""
+    kind = backend.resolve("model.upsample", kind)
     kwargs = dict(use_bias=use_bias, kernel_init=kernel_init, dtype=dtype, name=name)
     if kind == "subpixel":
         return SubpixelConvTranspose(features, (4, 4), (2, 2), **kwargs)

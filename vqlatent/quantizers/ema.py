@@ -12,10 +12,11 @@
   "codebook entries that are unused for several batches are replaced by random input vectors").
 
 The EMA statistics ``n = sum_n onehot_n`` and ``dw = sum_n onehot_n x_n`` have two forms (config
-field ``ema_statistics``, ``'auto'`` resolved per backend by `resolve_ema_statistics`):
+field ``ema_statistics``, ``'auto'`` resolved per backend by `vqlatent.backend.resolve`):
 ``'segment_sum'`` (a scatter-add, no ``(N, K)`` matrix; fastest on the CPU and for large ``K``) and
 ``'one_hot'`` (``onehot^T x`` as one full-precision matmul, which GPUs and TPUs run on their matrix
-units instead of serialising atomic adds; chosen by ``'auto'`` there for ``K <= 4096``, beyond which
+units instead of serialising atomic adds; chosen by ``'auto'`` there for ``K <= 4096``
+(`backend.ONE_HOT_MAX_CODES`), beyond which
 the ``(N, K)`` one-hot costs more memory traffic than the scatter). Both are float32 whatever the
 input dtype and give the same counts; ``dw`` agrees to float32 rounding (summation order).
 
@@ -46,20 +47,13 @@ EMA_DW_HIDDEN = "ema_dw_hidden"
 COUNTER = "counter"
 EMA_STATE_KEYS = (CODEBOOK, EMA_CLUSTER_SIZE_HIDDEN, EMA_DW_HIDDEN, COUNTER)
 
-EMA_STATISTICS_FORMS = ("segment_sum", "one_hot")
-EMA_STATISTICS_PER_BACKEND = {"cpu": "segment_sum", "default": "one_hot"}
-# Above this many codes 'auto' keeps the scatter on every backend (see the module docstring).
-ONE_HOT_MAX_CODES = 4096
+# The forms of the statistics; the per-backend default and the size guard are in `vqlatent.backend.CHOICES`.
+EMA_STATISTICS_FORMS = backend.CHOICES["ema_statistics"].forms
 
 
 def resolve_ema_statistics(value: str, num_codes: int) -> str:
     """``ema_statistics`` config value -> ``'segment_sum'`` or ``'one_hot'``."""
-    form = backend.resolve(
-        "quantizer.ema_statistics", value, EMA_STATISTICS_PER_BACKEND, EMA_STATISTICS_FORMS
-    )
-    if value == "auto" and num_codes > ONE_HOT_MAX_CODES:
-        return "segment_sum"
-    return form
+    return backend.resolve("quantizer.ema_statistics", value, num_codes=num_codes)
 
 
 def cluster_statistics(

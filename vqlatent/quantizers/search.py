@@ -38,15 +38,14 @@ from vqlatent import backend
 
 Array = jax.Array
 
-# Per-backend defaults of the hot paths (see the module docstring); 'default' covers unnamed backends.
-ARGMIN_FORMS = ("two_level", "plain")
-ARGMIN_PER_BACKEND = {"cpu": "two_level", "default": "plain"}
+# The forms of the two hot paths; their per-backend defaults are in `vqlatent.backend.CHOICES`.
+ARGMIN_FORMS = backend.CHOICES["argmin_form"].forms
 DISTANCE_PRECISIONS = {
     "highest": lax.Precision.HIGHEST,
     "high": lax.Precision.HIGH,
     "default": lax.Precision.DEFAULT,
 }
-DISTANCE_PRECISION_PER_BACKEND = {"default": "highest"}
+assert tuple(DISTANCE_PRECISIONS) == backend.CHOICES["distance_precision"].forms
 
 # Added to the norm so that an all-zero row normalises to zero, not NaN.
 _NORMALIZE_EPSILON = 1e-12
@@ -54,17 +53,12 @@ _NORMALIZE_EPSILON = 1e-12
 
 def resolve_argmin_form(value: str) -> str:
     """``argmin_form`` config value -> ``'two_level'`` or ``'plain'`` (``'auto'``: by backend)."""
-    return backend.resolve("quantizer.argmin_form", value, ARGMIN_PER_BACKEND, ARGMIN_FORMS)
+    return backend.resolve("quantizer.argmin_form", value)
 
 
 def resolve_distance_precision(value: str) -> str:
     """``distance_precision`` config value -> ``'highest'``, ``'high'`` or ``'default'``."""
-    return backend.resolve(
-        "quantizer.distance_precision",
-        value,
-        DISTANCE_PRECISION_PER_BACKEND,
-        tuple(DISTANCE_PRECISIONS),
-    )
+    return backend.resolve("quantizer.distance_precision", value)
 
 
 def validate_chunk_size(chunk_size: int | None) -> None:

@@ -48,9 +48,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vqlatent import backend, quantizers
 from vqlatent import codes as codes_lib
 from vqlatent import data as data_lib
-from vqlatent import quantizers
 from vqlatent.evaluation import metrics as metric_lib
 from vqlatent.nets.autoencoder import Autoencoder, check_image_shape, level_names, level_shapes
 from vqlatent.trainers import base
@@ -145,12 +145,8 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
-        # XLA:CPU compiles the partitionable threefry of every initializer very slowly (measured:
-        # 14 s against 2.7 s for the 40 initializers of a tiny VQ-VAE-2); the classic threefry gives
-        # equally good random numbers. The one-level VQ-VAE keeps JAX's default, with which its
-        # checkpoints and results were made.
-        partitionable = self.model.architecture == "vqvae" and jax.config.jax_threefry_partitionable
-        with jax.threefry_partitionable(partitionable):
+        # The one-level VQ-VAE keeps JAX's threefry, with which its checkpoints and results were made.
+        with backend.initializer_rng(keep_jax_default=self.model.architecture == "vqvae"):
             variables = self.model.init(params_rng, batch["image"], train=False)
         return base.state_from_variables(variables, self.tx, state_rng)
 

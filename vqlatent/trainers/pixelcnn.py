@@ -10,7 +10,7 @@ evaluation reports the same on the held-out codes (the codes dataset's `eval`
 split).
 
 Config (see `configs/pixelcnn.py`):
-  data: a codes dataset (`vqlatent.priors.data.default_config`: name='codes',
+  data: a codes dataset (`vqlatent.codes.dataset.default_config`: name='codes',
     codes_dir, num_classes).
   prior.level: the modelled level ('top', 'bottom', ...).
   prior.conditioning_level: the level above whose codes condition this one
@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vqlatent import backend
 from vqlatent.codes import layout
 from vqlatent.evaluation import sample_eval
 from vqlatent.nets.pixelcnn import GatedPixelCNN
@@ -54,7 +55,7 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[GatedPixe
     if levels is None:
         raise ValueError(
             "A PixelCNN prior trains on a codes dataset: set config.data to "
-            "vqlatent.priors.data.default_config(codes_dir) (data.name='codes')."
+            "vqlatent.codes.dataset.default_config(codes_dir) (data.name='codes')."
         )
     prior = config.prior
     if prior.level not in levels:
@@ -123,7 +124,7 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
-        with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/autoencoder.py).
+        with backend.initializer_rng():
             params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
         return base.TrainState(
             step=jnp.zeros((), jnp.int32),

@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
+from vqlatent import backend
 from vqlatent.utils.errors import UserError
 from vqlatent.utils.hashing import sha256_file
 
@@ -56,12 +57,10 @@ DATA_DEFINING_FIELDS = (
     "data.label_key",
 )
 PATH_FIELDS = frozenset({"data.folder", "data.codes_dir"})
-# Leaves under those fields that choose how a model is computed, not what it computes (every form is
-# tested equal; `vqlatent.backend` picks the form per backend): a workdir resumes under any of them,
-# and old workdirs written before such a field existed resume too.
-IMPLEMENTATION_LEAVES = frozenset(
-    {"upsample", "downsample", "argmin_form", "distance_precision", "ema_statistics"}
-)
+# Leaves under those fields that choose how a model is computed, not what it computes: the
+# per-backend choices of `vqlatent.backend.CHOICES` (every form is tested equal). A workdir resumes
+# under any of their values, and old workdirs written before such a field existed resume too.
+IMPLEMENTATION_LEAVES = frozenset(backend.CHOICES)
 
 
 class WorkdirMismatchError(ValueError):

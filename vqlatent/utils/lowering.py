@@ -6,7 +6,7 @@ CPU-only machine can prove that a program lowers for them, with the forms those 
 the ops and custom calls it uses and the dtypes of its inputs and outputs. What it cannot prove
 is what needs the device: the numbers it computes there, its speed and its memory.
 
-* `force_forms(config, platform)`: a copy of a config whose per-backend fields (`backend.FORM_TABLES`:
+* `force_forms(config, platform)`: a copy of a config whose per-backend fields (`backend.CHOICES`:
   `upsample`, `downsample`, `argmin_form`, `distance_precision`, `ema_statistics`) left at 'auto'
   are set to the form 'auto' picks on `platform`, in every section (quantizer configs get the fields
   their module has even when the preset leaves them out). Tasks built from it trace the platform's
@@ -85,13 +85,12 @@ def force_forms(config: ml_collections.ConfigDict, platform: str) -> ml_collecti
 
     Fields set to a form keep it (a forced form is used on every backend). Quantizer sections
     (a section whose `name` is a `vqlatent.quantizers.QUANTIZERS` key) also get the per-backend
-    fields their module has but the section leaves out; `ema_statistics` follows the size rule
-    of `ema.resolve_ema_statistics` (the scatter above `ema.ONE_HOT_MAX_CODES` codes on every backend).
+    fields their module has but the section leaves out; `ema_statistics` follows its size guard
+    (`backend.CHOICES`: the scatter above `backend.ONE_HOT_MAX_CODES` codes on every backend).
     Other sections get no field they do not have (a config written before a field existed keeps
     the module's default 'auto', which `export` resolves for its platforms).
     """
     from vqlatent import quantizers  # pylint: disable=g-import-not-at-top
-    from vqlatent.quantizers import ema  # pylint: disable=g-import-not-at-top
 
     forms = backend.forms_for(platform)
     config = config.copy_and_resolve_references()
@@ -111,7 +110,7 @@ def force_forms(config: ml_collections.ConfigDict, platform: str) -> ml_collecti
             form = forms[field]
             if field == "ema_statistics" and "num_embeddings" in node:
                 with backend.resolving_for(platform):
-                    form = ema.resolve_ema_statistics("auto", int(node.num_embeddings))
+                    form = backend.resolve(field, "auto", num_codes=int(node.num_embeddings))
             with node.unlocked():
                 node[field] = form
 
