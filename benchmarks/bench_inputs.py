@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from vqlatent.codes.dataset import CodesDatasetSpec
 from vqlatent.codes.layout import LevelSpec, code_key
 from vqlatent.data.sources import DatasetSpec
 from vqlatent.nets.autoencoder import level_names, level_shapes
-from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task
 
 NAMED_SHAPES = {

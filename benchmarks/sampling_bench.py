@@ -40,8 +40,8 @@ from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-im
 from ml_collections import config_flags
 
 from vqlatent import backend
+from vqlatent.codes import dataset as codes_data
 from vqlatent.codes import layout
-from vqlatent.priors import data as codes_data
 from vqlatent.priors import sampling
 from vqlatent.trainers import pixelcnn
 

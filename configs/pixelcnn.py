@@ -50,7 +50,7 @@ from __future__ import annotations
 import ml_collections
 
 from vqlatent import configs as cfg_lib
-from vqlatent.priors import data as codes_data
+from vqlatent.codes import dataset as codes_data
 
 VARIANTS = ("digits", "mnist", "cifar10", "imagenet256")
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "imagenet256": 1000}

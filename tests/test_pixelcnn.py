@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from helpers import load_config, tiny_vqvae2_config, train_tiny_prior
 
-from vqlatent import data as data_lib
+from vqlatent.codes import dataset as codes_data
 from vqlatent.codes import layout
 from vqlatent.nets import pixelcnn as nn_pixelcnn
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
-from vqlatent.priors import data as codes_data
 from vqlatent.priors import sample_codes, sample_codes_cached
 from vqlatent.trainers import loop
 
@@ -157,22 +156,7 @@ def _transition_frequencies(maps):
     return np.array([[np.mean(nxt[prev == a] == b) for b in (0, 1)] for a in (0, 1)])
 
 
-@pytest.fixture
-def codes_loop(monkeypatch):
-    """`vqlatent.data` dispatching `name='codes'` configs to `vqlatent.priors.data` (the hook the
-    data layer needs; see the report)."""
-    for fn in ("get_spec", "make_train_iterator", "make_eval_batches"):
-        original = getattr(data_lib, fn)
-
-        def dispatch(cfg, *args, _original=original, _fn=fn, **kw):
-            if codes_data.is_codes_config(cfg):
-                return getattr(codes_data, _fn)(cfg, *args, **kw)
-            return _original(cfg, *args, **kw)
-
-        monkeypatch.setattr(data_lib, fn, dispatch)
-
-
-def test_prior_trained_on_a_markov_chain_reproduces_its_transitions_and_resumes(tmp_path, codes_loop):
+def test_prior_trained_on_a_markov_chain_reproduces_its_transitions_and_resumes(tmp_path):
     rng = np.random.default_rng(0)
     levels = {"top": layout.LevelSpec((H, W), 2)}
     train, held_out = _markov_maps(rng, 2048), _markov_maps(rng, 256)
@@ -218,7 +202,7 @@ def test_prior_trained_on_a_markov_chain_reproduces_its_transitions_and_resumes(
     assert int(state.step) == 252
 
 
-def test_task_rejects_configs_that_do_not_fit_the_codes(tmp_path, codes_loop):
+def test_task_rejects_configs_that_do_not_fit_the_codes(tmp_path):
     levels = {"bottom": layout.LevelSpec((H, W), 4), "top": layout.LevelSpec((3, 3), 4)}
     codes = {"bottom": np.zeros((2, H, W), np.int64), "top": np.zeros((2, 3, 3), np.int64)}
     codes_dir = str(tmp_path / "codes")
@@ -233,7 +217,7 @@ def test_task_rejects_configs_that_do_not_fit_the_codes(tmp_path, codes_loop):
         loop.Runner(config, str(tmp_path / "b"))
 
 
-def test_sample_mode_decodes_a_class_grid_through_the_whole_hierarchy(tmp_path, codes_loop):
+def test_sample_mode_decodes_a_class_grid_through_the_whole_hierarchy(tmp_path):
     from vqlatent import main as main_lib  # pylint: disable=g-import-not-at-top
 
     vq = tiny_vqvae2_config(tmp_path / "tfds")  # Digits: bottom 4x4, top 2x2 codes; shrunk, trained 1 step.

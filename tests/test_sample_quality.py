@@ -13,11 +13,11 @@ from helpers import load_config, tiny_vqvae_config, train_tiny_prior
 
 from vqlatent import data as data_lib
 from vqlatent import main as main_lib
+from vqlatent.codes import dataset as codes_data
 from vqlatent.codes import layout
 from vqlatent.evaluation import sample_quality as sq
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 from vqlatent.priors import check_sampling_inputs, generate, sampling
-from vqlatent.priors import data as codes_data
 from vqlatent.trainers import base, loop
 from vqlatent.trainers.classifier import random_shift
 from vqlatent.utils import workdir as workdir_lib

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from helpers import load_config
 
+from vqlatent.codes.dataset import CodesDatasetSpec
 from vqlatent.codes.layout import LevelSpec
 from vqlatent.data.sources import DatasetSpec
-from vqlatent.priors.data import CodesDatasetSpec
 from vqlatent.trainers.base import make_task
 
 torch = pytest.importorskip("torch")

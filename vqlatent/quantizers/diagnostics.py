@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vqlatent.quantizers import statistics
+
 Array = jax.Array
 
 _BAR_COLOUR = (0.16, 0.35, 0.70)
@@ -65,8 +67,7 @@ def codebook_summary(counts: Any) -> dict[str, Any]:
     counts = np.asarray(counts, np.float64)
     if counts.ndim == 1:
         counts = counts[None]
-    probabilities = counts / np.maximum(counts.sum(-1, keepdims=True), 1.0)
-    perplexities = np.exp(-np.sum(probabilities * np.log(probabilities + 1e-10), axis=-1))
+    perplexities = statistics.perplexity_of_counts(counts)
     usage = np.count_nonzero(counts, axis=-1) / counts.shape[-1]
     used = int(np.count_nonzero(counts))
     summary = {

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = jax.Array
@@ -91,11 +92,17 @@ def code_counts(
     return counts
 
 
-def perplexity_of_counts(counts: Array) -> Array:
-    """``exp(-sum_k p_k log(p_k + 1e-10))`` with ``p = counts / max(sum(counts), 1)``."""
-    total = jnp.maximum(jnp.sum(counts), 1.0)
+def perplexity_of_counts(counts: Any) -> Any:
+    """``exp(-sum_k p_k log(p_k + 1e-10))`` with ``p = counts / max(sum(counts), 1)``, over the last axis.
+
+    The one perplexity formula of the package: traced (a jax array, float32) inside the quantisers,
+    and on the host (a numpy array, computed in numpy at its dtype) for evaluation's accumulated
+    counts (`diagnostics.codebook_summary`).
+    """
+    xp = np if isinstance(counts, np.ndarray) else jnp
+    total = xp.maximum(xp.sum(counts, axis=-1, keepdims=True), 1.0)
     probabilities = counts / total
-    return jnp.exp(-jnp.sum(probabilities * jnp.log(probabilities + _PERPLEXITY_LOG_EPSILON)))
+    return xp.exp(-xp.sum(probabilities * xp.log(probabilities + _PERPLEXITY_LOG_EPSILON), axis=-1))
 
 
 def perplexity(
