@@ -1,4 +1,4 @@
-"""Every hot program lowered for CUDA and TPU on this CPU-only machine (`vqlatent.utils.lowering`).
+"""Every hot program lowered for CUDA and TPU on this CPU-only machine (`vqlatent.lowering`).
 
 Programs, each with the per-backend forms GPUs and TPUs pick (`backend.forms_for('cuda')`, written
 into the config by `lowering.force_forms`) and the shardings of the loop's 8-device mesh
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 from helpers import load_config
 
-from vqlatent import backend, configs
+from vqlatent import backend, configs, lowering
 from vqlatent import data as data_lib
 from vqlatent.codes import layout
 from vqlatent.codes.dataset import CodesDatasetSpec
@@ -44,7 +44,6 @@ from vqlatent.infogan import latents as ig
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.priors import sampling
 from vqlatent.trainers import loop
-from vqlatent.utils import lowering
 
 PLATFORMS = lowering.DEFAULT_PLATFORMS
 DTYPES = ("float32", "bfloat16")

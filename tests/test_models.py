@@ -24,7 +24,7 @@ from vqlatent.models import export as export_lib
 from vqlatent.models import format as fmt
 from vqlatent.models.autoencoder import ImageInputError
 from vqlatent.trainers import loop
-from vqlatent.utils import workdir as workdir_lib
+from vqlatent.trainers import workdir as workdir_lib
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ from vqlatent.evaluation import sample_quality as sq
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 from vqlatent.priors import check_sampling_inputs, generate, sampling
 from vqlatent.trainers import base, loop
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.trainers.classifier import random_shift
-from vqlatent.utils import workdir as workdir_lib
 
 # -- pure functions ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ The modules that implement the forms call `resolve(field, value, **sizes)`; noth
 per-backend default.
 
 The forms another platform picks can be had on this machine, to lower a program for it
-(`jax.export` with `platforms=("cuda", "tpu")`, `vqlatent.utils.lowering`): `forms_for(platform)`
+(`jax.export` with `platforms=("cuda", "tpu")`, `vqlatent.lowering`): `forms_for(platform)`
 returns the value each config field's 'auto' would take there, to be written into the config;
 inside `resolving_for(platform)`, `resolve` answers 'auto' as it would on that platform.
 
@@ -181,7 +181,7 @@ def forms_for(platform: str) -> dict[str, str]:
     E.g. `forms_for('cuda')['upsample'] == 'conv_transpose'` while 'auto' is 'subpixel' on the CPU.
     These are the per-backend defaults of `CHOICES`, before the size guards (the EMA statistics of
     more than `ONE_HOT_MAX_CODES` codes, the per-phase downsampling of small layers), which need
-    the sizes: `resolve` applies them (and `vqlatent.utils.lowering.force_forms` through it).
+    the sizes: `resolve` applies them (and `vqlatent.lowering.force_forms` through it).
     """
     name = backend_of_platform(platform)
     return {field: choice.default(name) for field, choice in CHOICES.items()}
@@ -194,7 +194,7 @@ def resolving_for(platform: str) -> Iterator[str]:
     Only for Python that resolves forms when it runs (e.g. `resolve('ema_statistics', 'auto', num_codes=K)`):
     jax reuses a function's trace for equal arguments (a jitted function with a static model keeps the
     forms of its first trace), so to lower a program for another platform write the forms into its
-    config instead (`forms_for`, `vqlatent.utils.lowering.force_forms`). Yields the backend name.
+    config instead (`forms_for`, `vqlatent.lowering.force_forms`). Yields the backend name.
     """
     global _backend_override
     previous, _backend_override = _backend_override, backend_of_platform(platform)

@@ -29,7 +29,7 @@ add up over batches; `sweep_summary` turns them into the correlation and slope.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -154,26 +154,3 @@ def code_measure_sums(
             kept = class_kept(classify(images).reshape(rows, len(sweep)))
             sums.update({f"cont{j}_class_{k}": v for k, v in kept.items()})
     return sums
-
-
-def load_classifier(workdir: str, image_shape: Sequence[int]) -> Callable[[jax.Array], jax.Array]:
-    """images -> predicted classes of the project's classifier in `workdir` (`configs/classifier.py`),
-    for the class-keeping measure; a ValueError naming `traversal.classifier_workdir` when it is
-    not a classifier of `image_shape` images."""
-    from vqlatent.evaluation import sample_eval  # pylint: disable=g-import-not-at-top
-
-    try:
-        runner, state = sample_eval.load_classifier(workdir)
-    except ValueError as e:  # Its message names the prior's field; say which field it is here.
-        raise ValueError(f"traversal.classifier_workdir={workdir!r}: {e}") from e
-    if tuple(runner.spec.image_shape) != tuple(image_shape):
-        raise ValueError(
-            f"traversal.classifier_workdir={workdir!r} classifies {tuple(runner.spec.image_shape)} "
-            f"images, but this InfoGAN makes {tuple(image_shape)} images: train the "
-            f"classifier on this dataset."
-        )
-
-    def classify(images: jax.Array) -> jax.Array:
-        return jnp.argmax(runner.task.classify(state, images)["logits"], axis=-1)
-
-    return classify

@@ -22,8 +22,8 @@ import numpy as np
 from vqlatent.codes import dataset as codes_dataset
 from vqlatent.models import format as fmt
 from vqlatent.trainers import base
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.utils import checkpoint as ckpt_lib
-from vqlatent.utils import workdir as workdir_lib
 
 
 @dataclasses.dataclass

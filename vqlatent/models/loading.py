@@ -23,7 +23,7 @@ from vqlatent.models.autoencoder import Autoencoder
 from vqlatent.models.infogan import InfoGAN
 from vqlatent.models.prior_chain import PriorChain
 from vqlatent.priors import generate
-from vqlatent.utils import workdir as workdir_lib
+from vqlatent.trainers import workdir as workdir_lib
 
 AUTOENCODER_TASKS = ("vqvae", "vqvae2", "autoencoder")
 PRETRAINED_PREFIX = "pretrained:"

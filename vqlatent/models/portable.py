@@ -33,13 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlatent import infogan as ig
+from vqlatent import lowering
 from vqlatent.data.device import images_to_float
 from vqlatent.models.autoencoder import Autoencoder
 from vqlatent.models.components import Component
 from vqlatent.models.prior_chain import PriorChain
 from vqlatent.priors import sampling
 from vqlatent.trainers import base
-from vqlatent.utils import lowering
 
 GROUPS = {"cpu": ("cpu",), "cuda_tpu": ("cuda", "tpu")}
 DIRECTORY = "portable"

@@ -32,8 +32,8 @@ from vqlatent import codes as codes_lib
 from vqlatent.codes import layout
 from vqlatent.evaluation import images as image_lib
 from vqlatent.priors import sampling
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.utils import checkpoint as ckpt_lib
-from vqlatent.utils import workdir as workdir_lib
 
 
 def parse_lower_priors(value: str | None) -> dict[str, str]:
@@ -99,18 +99,10 @@ class SamplingHierarchy:
 def checkpoint_num_codes(workdir: str) -> tuple[int, str] | None:
     """(K, checkpoint path) of the newest prior checkpoint in `workdir`: the rows of its code
     embedding, read from the checkpoint's metadata (nothing restored); None without a checkpoint."""
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    from etils import epath  # pylint: disable=g-import-not-at-top
-
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    found = ckpt_lib.latest_state_metadata(workdir)
+    if found is None:
         return None
-    checkpointer = ckpt_lib.Checkpointer(workdir)
-    step = checkpointer.latest_step()
-    checkpointer.close()
-    if step is None:
-        return None
-    path = os.path.join(checkpointer.directory, str(step))
-    metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(path) / "state")
+    metadata, path = found
     return int(metadata["params"]["embed"]["embedding"].shape[0]), path
 
 

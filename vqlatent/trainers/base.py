@@ -1,8 +1,8 @@
 """What a model family provides to the shared training loop.
 
-A `Task` owns the model, the optimizer (`tx`) and the loss (`loss_fn`); the loop
-(`loop.py`) owns everything else: the update (gradient, optimizer, model state,
-per-step RNG), devices and sharding, data, checkpoints and exact resume,
+A `Task` owns the model, the optimizer (`tx`) and the loss (`loss_fn`); `update` is the
+one training update (gradient, optimizer, model state, per-step RNG); the loop
+(`loop.py`) owns everything else: devices and sharding, data, checkpoints and exact resume,
 logging, evaluation cadence, images. A task that needs more than one gradient
 step per batch (InfoGAN's two updates) overrides `train_step` as a whole.
 Adding a model family is adding one module `vqlatent/trainers/<model_name>.py`
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 
 @flax.struct.dataclass
@@ -124,11 +126,9 @@ class Task(abc.ABC):
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         """One update on the global batch; returns scalar metrics. Pure: jitted and donated by the loop.
 
-        By default the loop's one update of `loss_fn` (`loop.update`); override for more.
+        By default the one update of `loss_fn` (`update`); override for more.
         """
-        from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top  # loop imports base.
-
-        return loop.update(self, state, batch)
+        return update(self, state, batch)
 
     @abc.abstractmethod
     def eval_step(self, state: TrainState, batch: Mapping[str, jax.Array]) -> Any:
@@ -155,6 +155,24 @@ class Task(abc.ABC):
         return {}
 
 
+def update(task: Task, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The one training update (the default `Task.train_step`): gradient, optimizer, model state.
+
+    The step's key `fold_in(state.rng, state.step)` depends on (seed, step) only, so a resumed
+    run draws the same random numbers as an uninterrupted one.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+    grads, (model_state, metrics) = jax.grad(task.loss_fn, has_aux=True)(
+        state.params, state.model_state, batch, rng
+    )
+    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
+    return new_state, metrics
+
+
 # model_name -> module of `vqlatent.trainers`, for tasks that were merged into another.
 ALIASES = {"vqvae": "autoencoder", "vqvae2": "autoencoder"}
 
@@ -169,13 +187,11 @@ def make_task(config: ml_collections.ConfigDict, spec: Any) -> Task:
             raise
         import pkgutil  # pylint: disable=g-import-not-at-top
 
-        import vqlatent.trainers as trainers_pkg  # pylint: disable=g-import-not-at-top
-
         known = sorted(
             {
                 m.name
-                for m in pkgutil.iter_modules(trainers_pkg.__path__)
-                if m.name not in ("base", "loop", "optim")
+                for m in pkgutil.iter_modules([os.path.dirname(__file__)])
+                if m.name not in ("base", "loop", "optim", "workdir")
             }
             | set(ALIASES)
         )

@@ -7,7 +7,7 @@ The loss is the softmax cross-entropy of the labels,
 optionally on randomly translated images (`augment.max_shift` pixels each way,
 zero-filled: MNIST's background). The evaluation reports the accuracy and the
 loss on the eval split. The checkpoint is read by the priors'
-`--mode=sample_eval` (`vqlatent.evaluation.sample_eval`), which uses `classify`:
+`--mode=sample_eval` (`vqlatent.priors.sample_eval`), which uses `classify`:
 the logits and the penultimate features of a batch of images.
 
 Randomness (dropout, shifts) comes from fold_in(state.rng, state.step): a run is

@@ -68,6 +68,7 @@ from vqlatent.nets.infogan import (
     init_variables,
 )
 from vqlatent.trainers import base
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.trainers.base import compute_dtype
 from vqlatent.trainers.optim import make_optimizer
 
@@ -141,7 +142,20 @@ class Task(base.Task):
                 "fraction of sweeps that keep the digit class (train configs/classifier.py:mnist)."
             )
             return None
-        return measures.load_classifier(workdir, self.spec.image_shape)
+        classifier, state = workdir_lib.load_classifier(
+            workdir, "traversal.classifier_workdir", "The class-keeping measure of the continuous codes"
+        )
+        if tuple(classifier.spec.image_shape) != tuple(self.spec.image_shape):
+            raise ValueError(
+                f"config.traversal.classifier_workdir={workdir!r} classifies "
+                f"{tuple(classifier.spec.image_shape)} images, but this InfoGAN makes "
+                f"{tuple(self.spec.image_shape)} images: train the classifier on this dataset."
+            )
+
+        def classify(images: jax.Array) -> jax.Array:
+            return jnp.argmax(classifier.task.classify(state, images)["logits"], axis=-1)
+
+        return classify
 
     # -- helpers -----------------------------------------------------------------
     def q_posterior(self, q_outputs: jax.Array) -> ig.Posterior:

@@ -12,7 +12,7 @@
     data-iterator position), refusing a workdir made by another model, and a
     resume with another global batch size or process count (the data position
     would mean other examples);
-  * runs the one update (`update`: the gradient of the task's `loss_fn`, its
+  * runs the one update (`base.update`: the gradient of the task's `loss_fn`, its
     optimizer, its new model state; or the task's own `train_step`) under one
     `jax.jit` with the batch sharded over the whole mesh, the state replicated
     (or fsdp-sharded) and donated;
@@ -50,7 +50,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 from absl import logging
 from jax.experimental import multihost_utils
@@ -101,24 +100,6 @@ def tree_all_finite(tree: Any) -> jax.Array:
     if not leaves:
         return jnp.array(True)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def update(task: Task, state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
-    """The one training update (the default `Task.train_step`): gradient, optimizer, model state.
-
-    The step's key `fold_in(state.rng, state.step)` depends on (seed, step) only, so a resumed
-    run draws the same random numbers as an uninterrupted one.
-    """
-    rng = jax.random.fold_in(state.rng, state.step)
-    grads, (model_state, metrics) = jax.grad(task.loss_fn, has_aux=True)(
-        state.params, state.model_state, batch, rng
-    )
-    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(
-        step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
-    )
-    return new_state, metrics
 
 
 class Runner:

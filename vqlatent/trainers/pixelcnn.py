@@ -24,7 +24,7 @@ Config (see `configs/pixelcnn.py`):
 
 `--mode=sample` draws class -> top codes -> lower codes -> pixels through the whole
 hierarchy (`vqlatent.priors.generate`); `--mode=sample_eval` judges such samples with
-the project's classifier (`vqlatent.evaluation.sample_eval`). Both run with the top
+the project's classifier (`vqlatent.priors.sample_eval`). Both run with the top
 prior's config and workdir.
 """
 
@@ -41,12 +41,11 @@ import optax
 
 from vqlatent import backend
 from vqlatent.codes import layout
-from vqlatent.evaluation import sample_eval
 from vqlatent.nets.pixelcnn import GatedPixelCNN
-from vqlatent.priors import generate
+from vqlatent.priors import generate, sample_eval
 from vqlatent.trainers import base
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.trainers.optim import make_optimizer
-from vqlatent.utils import workdir as workdir_lib
 
 
 def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[GatedPixelCNN, str, str | None]:

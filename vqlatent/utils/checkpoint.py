@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from vqlatent import backend
@@ -378,7 +379,7 @@ class Checkpointer:
     wrote (`RECORD_NAME` in the step directory). `latest_step` and `restore_latest` trust only a
     checkpoint that verifies against its record (`verify`); a newer one that does not (truncated,
     deleted or altered files, an empty or half-written directory) is reported in one warning and
-    skipped, so every restore path (training's resume, `--mode=eval`, `utils.workdir` for
+    skipped, so every restore path (training's resume, `--mode=eval`, `trainers.workdir` for
     inference and sampling) falls back to the newest good checkpoint. A training run
     (`repair=True`, holding the workdir's lock) also moves it aside into `<workdir>/
     checkpoints_set_aside/` (nothing is deleted) and removes orbax's temporary directories of
@@ -715,3 +716,20 @@ class Checkpointer:
             except Exception:  # pylint: disable=broad-exception-caught
                 if not self._failed:
                     raise
+
+
+def latest_state_metadata(workdir: str) -> tuple[Any, str] | None:
+    """(metadata, path) of the newest verified checkpoint of `workdir`: its saved TrainState as a
+    tree of orbax array metadata (shapes and dtypes; nothing restored) and the checkpoint's
+    directory; None without a checkpoint."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    checkpointer = Checkpointer(workdir)
+    try:
+        step = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    if step is None:
+        return None
+    path = checkpointer.step_dir(step)
+    return ocp.StandardCheckpointHandler().metadata(epath.Path(path) / "state"), path

@@ -26,36 +26,7 @@ from vqlatent.evaluation import images as image_lib
 from vqlatent.evaluation import sample_quality
 from vqlatent.priors import generate
 from vqlatent.trainers import base
-from vqlatent.utils import workdir as workdir_lib
-
-TRAIN_CLASSIFIER_HINT = (
-    "python -m vqlatent.main --config=configs/classifier.py:mnist "
-    "--config.data.manual_dir=... --workdir=CLASSIFIER_WORKDIR"
-)
-
-
-def load_classifier(path: str | None) -> tuple[workdir_lib.Workdir, base.TrainState]:
-    """(workdir, newest state) of the classifier in `path` (`configs/classifier.py`), or a clear error."""
-    if not path:
-        raise ValueError(
-            f"--mode=sample_eval needs config.sample.classifier_workdir: the workdir of a "
-            f"classifier trained on the VQ-VAE's dataset ({TRAIN_CLASSIFIER_HINT})."
-        )
-    try:
-        model_name = workdir_lib.load_config(path).get("model_name")
-    except FileNotFoundError:
-        raise ValueError(
-            f"config.sample.classifier_workdir={path!r} has no config.json: it is not the "
-            f"workdir of a trained classifier ({TRAIN_CLASSIFIER_HINT})."
-        ) from None
-    if model_name != "classifier":
-        raise ValueError(
-            f"config.sample.classifier_workdir={path!r} holds a model_name={model_name!r} "
-            f"run, not a classifier ({TRAIN_CLASSIFIER_HINT})."
-        )
-    classifier = workdir_lib.load(path)
-    state, _ = classifier.restore()
-    return classifier, state
+from vqlatent.trainers import workdir as workdir_lib
 
 
 def _classify(
@@ -114,7 +85,9 @@ def sample_eval_mode(top: workdir_lib.Workdir) -> dict[str, Any]:
         )
     start_time = time.time()
     classifier_workdir = options.get("classifier_workdir")
-    classifier, clf_state = load_classifier(classifier_workdir)
+    classifier, clf_state = workdir_lib.load_classifier(
+        classifier_workdir, "sample.classifier_workdir", "--mode=sample_eval"
+    )
     hierarchy = generate.load_hierarchy(top)
     image_shape = tuple(hierarchy.vq.spec.image_shape)
     if classifier.task.num_classes != num_classes or tuple(classifier.spec.image_shape) != image_shape:

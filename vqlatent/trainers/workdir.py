@@ -114,6 +114,41 @@ def load(path: str) -> Workdir:
     return Workdir(path, config, spec, base.make_task(config, spec))
 
 
+TRAIN_CLASSIFIER_HINT = (
+    "python -m vqlatent.main --config=configs/classifier.py:mnist "
+    "--config.data.manual_dir=... --workdir=CLASSIFIER_WORKDIR"
+)
+
+
+def load_classifier(path: str | None, field: str, purpose: str) -> tuple[Workdir, base.TrainState]:
+    """(workdir, newest state) of the project's classifier (`configs/classifier.py`) in `path`.
+
+    `path` is the value of the config field `field` (e.g. 'sample.classifier_workdir'), which
+    `purpose` needs (e.g. '--mode=sample_eval'); a ValueError naming the field when it is unset,
+    not a workdir, or the workdir of another model.
+    """
+    if not path:
+        raise ValueError(
+            f"{purpose} needs config.{field}: the workdir of a classifier trained on the same "
+            f"dataset ({TRAIN_CLASSIFIER_HINT})."
+        )
+    try:
+        model_name = load_config(path).get("model_name")
+    except FileNotFoundError:
+        raise ValueError(
+            f"config.{field}={path!r} has no config.json: it is not the workdir of a trained "
+            f"classifier ({TRAIN_CLASSIFIER_HINT})."
+        ) from None
+    if model_name != "classifier":
+        raise ValueError(
+            f"config.{field}={path!r} holds a model_name={model_name!r} run, not a classifier "
+            f"({TRAIN_CLASSIFIER_HINT})."
+        )
+    classifier = load(path)
+    state, _ = classifier.restore()
+    return classifier, state
+
+
 def from_runner(runner: Any) -> Workdir:
     """The workdir of a `loop.Runner` (its config, spec and task)."""
     return Workdir(runner.workdir, runner.config, runner.spec, runner.task)
