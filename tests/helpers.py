@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 
 import jax
@@ -11,6 +12,19 @@ from vqlatent.data.device import to_model_input
 from vqlatent.parallel import mesh as mesh_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count="
+
+
+def subprocess_env(num_devices: int = 1) -> dict[str, str]:
+    """The environment of a test's child Python process (`python -m vqlatent.main ...`): this
+    process's XLA flags (tests/conftest.py's, with the collective timeout) but `num_devices`
+    simulated CPU devices, JAX on the CPU, and this checkout first on the import path."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT_FLAG)]
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join([f"{_DEVICE_COUNT_FLAG}{num_devices}", *flags])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
 
 
 def load_config(name: str, arg: str | None = None):

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import REPO_ROOT, tiny_vqvae_config
+from helpers import REPO_ROOT, subprocess_env, tiny_vqvae_config
 from PIL import Image
 
 from vqlatent import config_checks
@@ -256,13 +256,6 @@ def test_disk_full_during_a_save_stops_with_one_paragraph_and_the_next_run_resum
     assert int(loop.train_and_evaluate(_config(data_dir, steps=6), workdir).step) == 6
 
 
-def _env():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
-
-
 def _main(workdir, data_dir, *extra):
     return [
         sys.executable,
@@ -303,7 +296,7 @@ def _popen_as_from_a_terminal(args):
     and an ignored signal is inherited; a handler is not)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen(args, cwd=REPO_ROOT, env=_env(), stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(args, cwd=REPO_ROOT, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -353,14 +346,14 @@ def test_sigkill_during_saves_again_and_again_then_resumes_bit_exactly(tmp_path,
     args = _main(workdir, data_dir, f"--config.num_train_steps={steps}", "--config.checkpoint_every_steps=1")
     for kill in range(3):
         proc = subprocess.Popen(
-            args, cwd=REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            args, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         target = max(_steps(workdir), default=0) + 3 + kill  # Each kill a little later in the run.
         _wait_for(lambda t=target: max(_steps(workdir), default=0) >= t and _in_a_save(workdir), proc)
         proc.kill()
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    subprocess.run(args, cwd=REPO_ROOT, env=_env(), check=True, capture_output=True)
+    subprocess.run(args, cwd=REPO_ROOT, env=subprocess_env(), check=True, capture_output=True)
     config = _config(data_dir, steps)
     config.eval_every_steps = 0
     config.model.num_residual_layers = 1
@@ -536,7 +529,9 @@ def test_usage_errors_are_one_paragraph_with_a_non_zero_exit(tmp_path, args, mes
         "--config=configs/vqvae.py",
         f"--workdir={tmp_path / 'wd'}",
     ]
-    result = subprocess.run(command + args, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True)
+    result = subprocess.run(
+        command + args, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True
+    )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line and not line.startswith("I1")]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

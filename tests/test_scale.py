@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, tiny_vqvae_config
+from helpers import REPO_ROOT, subprocess_env, tiny_vqvae_config
 from jax.sharding import PartitionSpec as P
 
 from vqlatent import data as data_lib
@@ -75,17 +75,6 @@ def _command(workdir, data_dir, flags=()):
         *TINY_FLAGS,
         *flags,
     ]
-
-
-def _env(num_devices):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (  # The collective timeout: tests/conftest.py.
-        f"--xla_force_host_platform_device_count={num_devices} "
-        "--xla_cpu_collective_call_terminate_timeout_seconds=900"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
 
 
 def _free_port():
@@ -220,7 +209,7 @@ def test_two_processes_train_like_one_and_agree_on_a_preemption_step(tmp_path, d
         _start(
             _command(workdir, data_dir, flags)
             + [f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
-            _env(4),
+            subprocess_env(4),
             log_paths[i],
         )
         for i in range(2)
@@ -264,7 +253,7 @@ def test_sigterm_saves_the_current_step_exits_0_and_resumes_exactly(tmp_path, da
         "--config.log_every_steps=10",
         "--config.mesh.data=1",
     )
-    proc = _start(_command(workdir, data_dir, flags), _env(8), tmp_path / "train.log")
+    proc = _start(_command(workdir, data_dir, flags), subprocess_env(8), tmp_path / "train.log")
     try:
         _wait_for_checkpoint(workdir, 10, [proc])
         proc.send_signal(signal.SIGTERM)

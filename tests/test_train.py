@@ -13,7 +13,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, run_steps, tiny_vqvae_config
+from helpers import REPO_ROOT, load_config, run_steps, subprocess_env, tiny_vqvae_config
 
 from vqlatent import data as data_lib
 from vqlatent import main as main_lib
@@ -113,13 +113,6 @@ def _main_command(workdir, data_dir, steps, extra=()):
     ]
 
 
-def _env():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"  # One process, one device.
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
-
-
 def test_sigkill_then_rerun_resumes_bit_exactly(tmp_path, data_dir):
     steps = 400
     # Make sure the dataset is prepared before the timing-sensitive part.
@@ -128,7 +121,7 @@ def test_sigkill_then_rerun_resumes_bit_exactly(tmp_path, data_dir):
     proc = subprocess.Popen(
         _main_command(killed_dir, data_dir, steps),
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -146,10 +139,18 @@ def test_sigkill_then_rerun_resumes_bit_exactly(tmp_path, data_dir):
     assert 10 <= killed_at < steps
 
     subprocess.run(
-        _main_command(killed_dir, data_dir, steps), cwd=REPO_ROOT, env=_env(), check=True, capture_output=True
+        _main_command(killed_dir, data_dir, steps),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
     )
     subprocess.run(
-        _main_command(clean_dir, data_dir, steps), cwd=REPO_ROOT, env=_env(), check=True, capture_output=True
+        _main_command(clean_dir, data_dir, steps),
+        cwd=REPO_ROOT,
+        env=subprocess_env(),
+        check=True,
+        capture_output=True,
     )
     config = tiny_vqvae_config(data_dir, None)
     config.model.num_hiddens, config.model.num_residual_hiddens = 16, 8
@@ -195,7 +196,7 @@ def test_misspelt_config_field_is_an_error(tmp_path):
             "--config.batch_sise=8",
         ],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
@@ -343,7 +344,7 @@ def _hold_lock(workdir):
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(workdir)],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -411,7 +412,7 @@ def test_user_errors_print_their_message_alone_and_unexpected_ones_their_traceba
             "--config.data.data_dir=" + str(tmp_path / "tfds"),
         ],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
@@ -432,7 +433,7 @@ def test_user_errors_print_their_message_alone_and_unexpected_ones_their_traceba
     result = subprocess.run(
         [sys.executable, "-m", "vqlatent.main", "--config=configs/vqvae.py:nope", f"--workdir={tmp_path}"],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=subprocess_env(),
         capture_output=True,
         text=True,
     )
