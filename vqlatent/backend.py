@@ -37,9 +37,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 # XLA:CPU flags set by the package when the user has not set XLA_FLAGS (see module docstring).
 # jaxlib 0.10 routes convolutions and matmuls through YNNPACK/XNNPACK library fusions by default. Their
-# convolution kernel gradients run 2-10x slower than XLA's own convolutions on this AVX-512 CPU (all
-# the models' convolution kernels together: 4.75 s -> 1.23 s), while YNNPACK's matmuls are faster than
-# XLA's (InfoGAN's dense layers). So: YNNPACK for individual dots only, no XNNPACK fusions
+# convolution kernel gradients run 2-10x slower than XLA's own convolutions on an AVX-512 CPU, while
+# YNNPACK's matmuls are faster than XLA's (InfoGAN's dense layers). So: YNNPACK for individual dots only, no XNNPACK fusions
 # (experiments/xla_cpu_flags_bench.py and benchmarks/train_step_bench.py; docs/lab/speed.md).
 # They only affect the CPU backend.
 CPU_XLA_FLAGS: tuple[str, ...] = (

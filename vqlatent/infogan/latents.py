@@ -160,7 +160,7 @@ def sample_latents(rng: jax.Array, spec: LatentSpec, batch_size: int) -> Latents
     noise 2u - 1 (uniform) or Phi^-1(u) (normal), category floor(K u), continuous
     low + (high - low) u. The distributions are exactly those of separate draws; one
     draw matters on XLA:CPU, which compiles every random-number kernel separately
-    (about 0.4 s each, measured), once per jitted function that samples.
+    (a fraction of a second each), once per jitted function that samples.
     """
     width = spec.noise_dim + spec.num_categorical + spec.num_continuous
     # (0, 1) rather than [0, 1): Phi^-1(0) = -inf.

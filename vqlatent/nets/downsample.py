@@ -9,13 +9,12 @@ each tap t = s p + a by its phase a turns it into a sum of s*s stride-1 convolut
 (the space-to-depth identity). XLA:CPU differentiates a strided convolution with respect to its
 input as one convolution over the output gradient dilated with s-1 zeros between elements, so three
 quarters of its multiply-adds at s = 2 are with zeros; the per-phase form's input gradient is four
-stride-1 input gradients, a quarter of the work each, interleaved. Measured on one core
-(`benchmarks/downsample_bench.py`): 1.7-1.8x faster for the 64- and 128-channel layers of the
-VQ-VAE-2 at 256x256 (inputs of 64x64 and 128x128 pixels), no faster at 14x14 or 16x16; equal to
-XLA's to ~6e-7 relative (summation order).
+stride-1 input gradients, a quarter of the work each, interleaved. It is faster on XLA:CPU for the
+large layers of the VQ-VAE-2 at 256x256 and no faster for small maps (`benchmarks/downsample_bench.py`,
+docs/lab/speed.md); it equals XLA's to float32 rounding (summation order).
 
 `conv_phase_grad` keeps XLA's strided convolution for the forward (bit-identical values) and XLA's
-kernel gradient (the per-phase kernel gradient was not faster: 0.7-1.5x by shape), and only replaces
+kernel gradient (the per-phase kernel gradient was not faster), and only replaces
 the input gradient. `PhaseGradConv` is `nn.Conv` with it: same parameter names and shapes, so the
 config field `model.downsample` switches forms on any checkpoint. cuDNN and the TPU compute strided
 input gradients natively, so 'auto' picks the per-phase form on the CPU only, and there only for the
@@ -35,12 +34,9 @@ from jax import lax
 
 from vqlatent import backend
 
-# The forms; 'auto' picks per backend and by layer size as `backend.CHOICES['downsample']` says: on the
-# CPU the per-phase input gradient only where it was measured faster (benchmarks/downsample_bench.py,
-# forward + all gradients of one layer): inputs of at least `backend.MIN_PHASE_GRAD_PIXELS` pixels
-# (1.07x at 32x32, 1.3x at 64x64, 1.6x at 128x128; at 14x14 it is 0.9x) and
-# `backend.MIN_PHASE_GRAD_CHANNELS` channels (an image layer with 1 input channel: 0.6x; an
-# autoencoder never differentiates its image input anyway).
+# The forms; 'auto' picks per backend and by layer size as `backend.CHOICES['downsample']` says (on the
+# CPU the per-phase input gradient only for the layer sizes where benchmarks/downsample_bench.py
+# measured it faster; an autoencoder never differentiates its image input anyway).
 DOWNSAMPLERS = backend.CHOICES["downsample"].forms
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 Padding = tuple[tuple[int, int], tuple[int, int]]

@@ -179,8 +179,8 @@ def init_variables(module: nn.Module, rng: jax.Array, *args, init_std: float, **
 
     The distribution is that of `kernel_init=nn.initializers.normal(init_std)`, but
     the kernels come from one random draw instead of one per layer: XLA:CPU compiles
-    each random-number kernel separately (about 0.4 s each, measured), which made
-    the jitted initialisation of these small networks take 10 s. Biases, BatchNorm
+    each random-number kernel separately, which made the jitted initialisation of
+    these small networks slow to compile. Biases, BatchNorm
     scales and statistics keep their (deterministic) initial values.
     """
     if not init_std > 0:

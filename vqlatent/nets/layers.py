@@ -7,8 +7,8 @@ to `s*s*features` channels followed by depth-to-space ("sub-pixel" convolution,
 Shi et al. 2016), or as one stride-1 convolution per output phase with only
 that phase's taps (the default: less than half the work for kernel 4 / stride
 2). XLA:CPU computes the kernel gradient of a strided transposed convolution
-very slowly (measured: 5.9 s against 67 ms in PyTorch for one 128->64 layer);
-both forms avoid that path entirely.
+one to two orders of magnitude slower than PyTorch (docs/lab/speed.md); both
+forms avoid that path entirely.
 """
 
 from __future__ import annotations

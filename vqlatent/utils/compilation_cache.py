@@ -1,13 +1,12 @@
 """JAX's persistent compilation cache, kept under the workdir (`config.compilation_cache_dir`).
 
-XLA:CPU spends seconds compiling a model's jitted init and train step (the
-256x256 VQ-VAE-2 of `configs/vqvae2.py:imagenet256`, batch 4, on a 2-core CPU:
-about 4 s each, almost all of it LLVM code generation of the ~180 fused
-kernels, and not reduced by XLA's optimisation flags without changing the
-numbers). A resumed run, `--mode=eval` or `--mode=extract_codes` in the same
-workdir compiles the same programs again; with the cache they are read back
-instead (init 0.8 s, train step 0.1 s for that model), and the results are the
-same executables, so the numbers are bit-identical.
+XLA:CPU spends seconds compiling a model's jitted init and train step (for the
+256x256 VQ-VAE-2 of `configs/vqvae2.py:imagenet256` almost all of it is LLVM
+code generation of its fused kernels, not reduced by XLA's optimisation flags
+without changing the numbers). A resumed run, `--mode=eval` or
+`--mode=extract_codes` in the same workdir compiles the same programs again;
+with the cache they are read back instead, several times faster, and the results
+are the same executables, so the numbers are bit-identical.
 
 `config.compilation_cache_dir`:
   * a relative path (default 'compilation_cache'): under the workdir;
