@@ -159,7 +159,7 @@ CHOICES: dict[str, Choice] = {
     ),
 }
 
-# `jax.export` platform names -> `jax.default_backend()` names (the keys of the tables).
+# `jax.export` platform names -> `jax.default_backend()` names (the keys of `Choice.per_backend`).
 PLATFORM_BACKENDS: dict[str, str] = {"cpu": "cpu", "cuda": "gpu", "rocm": "gpu", "gpu": "gpu", "tpu": "tpu"}
 
 # Set by `resolving_for`: the backend `default_backend()` reports instead of JAX's.
