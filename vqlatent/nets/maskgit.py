@@ -50,7 +50,9 @@ class MaskGITInputError(ValueError):
 def check_mask_id(mask_id: int, num_codes: int) -> int:
     """`mask_id` as an int, or `MaskGITInputError` if it is one of the K real codes [0, K)."""
     if isinstance(mask_id, (bool, np.bool_)) or not isinstance(mask_id, (int, np.integer)):
-        raise MaskGITInputError(f"mask_id={mask_id!r}: must be an integer (the mask token's id, K={num_codes}).")
+        raise MaskGITInputError(
+            f"mask_id={mask_id!r}: must be an integer (the mask token's id, K={num_codes})."
+        )
     if 0 <= int(mask_id) < num_codes:
         raise MaskGITInputError(
             f"mask_id={mask_id} is inside the codebook range [0, {num_codes}): the mask token would be "
@@ -128,7 +130,9 @@ class Block(nn.Module):
         # softmax(q.k / sqrt(d)) v over every position (Vaswani et al. 2017, eq. 1); jax.nn keeps the
         # logits and the softmax in float32 for bfloat16 inputs.
         attended = jax.nn.dot_product_attention(q, k, v)
-        x = x + nn.Dense(self.width, dtype=self.dtype, name="attention_out")(attended.reshape(b, n, self.width))
+        x = x + nn.Dense(self.width, dtype=self.dtype, name="attention_out")(
+            attended.reshape(b, n, self.width)
+        )
         h = nn.LayerNorm(dtype=self.dtype, name="mlp_norm")(x)
         h = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype, name="mlp_in")(h))
         return x + nn.Dense(self.width, dtype=self.dtype, name="mlp_out")(h)
@@ -180,17 +184,28 @@ class MaskGITTransformer(nn.Module):
             raise MaskGITInputError("labels given to a prior without class conditioning (num_classes=None).")
         if self.cond_num_codes is not None:
             if cond_codes is None:
-                raise MaskGITInputError("This prior is conditioned on the codes of the level above: pass them.")
+                raise MaskGITInputError(
+                    "This prior is conditioned on the codes of the level above: pass them."
+                )
             upsample_factor(shape[1:], np.shape(cond_codes), batch)
         elif cond_codes is not None:
             raise MaskGITInputError("Conditioning codes given to a prior without spatial conditioning.")
 
     def embed_tokens(self, codes: jax.Array) -> jax.Array:
-        """(B, N) ids in [0, K] -> (B, N, width): the code table, and the mask vector at id K."""
-        table = self.param("embed", nn.initializers.normal(0.02), (self.num_codes, self.width), jnp.float32)
-        mask_vector = self.param("mask_embedding", nn.initializers.normal(0.02), (1, self.width), jnp.float32)
-        table = jnp.concatenate([table, mask_vector], axis=0).astype(self.dtype)
-        return jnp.take(table, codes, axis=0)
+        """(B, N) ids in [0, K] -> (B, N, width): the code table `embed` (K rows), and the mask vector
+        `mask_embedding` at id K."""
+        table = nn.Embed(
+            self.num_codes,
+            self.width,
+            dtype=self.dtype,
+            embedding_init=nn.initializers.normal(0.02),
+            name="embed",
+        )
+        mask_vector = self.param("mask_embedding", nn.initializers.normal(0.02), (self.width,), jnp.float32)
+        is_mask = (codes == self.mask_id)[..., None]
+        return jnp.where(
+            is_mask, mask_vector.astype(self.dtype), table(jnp.minimum(codes, self.num_codes - 1))
+        )
 
     @nn.compact
     def __call__(
@@ -205,7 +220,9 @@ class MaskGITTransformer(nn.Module):
         b, height, width = codes.shape
         n = height * width
         x = self.embed_tokens(codes.reshape(b, n))
-        positions = self.param("position_embedding", nn.initializers.normal(0.02), (n, self.width), jnp.float32)
+        positions = self.param(
+            "position_embedding", nn.initializers.normal(0.02), (n, self.width), jnp.float32
+        )
         x = x + positions.astype(self.dtype)[None]
         if self.cond_num_codes is not None:
             factor = upsample_factor((height, width), cond_codes.shape, b)

@@ -40,7 +40,11 @@ DEFAULT_OPTIONS = {"num_steps": 8, "choice_temperature": 4.5, "schedule": "cosin
 
 def check_decode_options(num_steps: Any, choice_temperature: Any, schedule: Any) -> None:
     """`MaskGITInputError` naming a bad decoding option."""
-    if isinstance(num_steps, (bool, np.bool_)) or not isinstance(num_steps, numbers.Integral) or num_steps < 1:
+    if (
+        isinstance(num_steps, (bool, np.bool_))
+        or not isinstance(num_steps, numbers.Integral)
+        or num_steps < 1
+    ):
         raise MaskGITInputError(
             f"num_steps={num_steps!r}: MaskGIT decoding needs an integer number of steps >= 1 "
             f"(8 to 12 is typical; every step evaluates the network once on the whole map)."
@@ -116,7 +120,17 @@ def decode_step(
 
 @functools.partial(jax.jit, static_argnames=("model", "shape", "batch_size", "num_steps", "schedule"))
 def _decode(
-    model, shape, batch_size, num_steps, schedule, variables, rng, labels, cond_codes, temperature, choice_temperature
+    model,
+    shape,
+    batch_size,
+    num_steps,
+    schedule,
+    variables,
+    rng,
+    labels,
+    cond_codes,
+    temperature,
+    choice_temperature,
 ):
     height, width = shape
     n = height * width
@@ -156,18 +170,30 @@ def check_sampling_inputs(
         )
     if len(shape) != 2 or min(shape) < 1:
         raise MaskGITInputError(f"shape={tuple(shape)}: must be (height, width) of the code map.")
-    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if (
+        isinstance(batch_size, (bool, np.bool_))
+        or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 1
+    ):
         raise MaskGITInputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
     model.check_inputs((batch_size, *shape), labels, cond_codes)
     if labels is not None:
         values = np.asarray(labels)
-        if not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= model.num_classes:
+        if (
+            not np.issubdtype(values.dtype, np.integer)
+            or values.min() < 0
+            or values.max() >= model.num_classes
+        ):
             raise MaskGITInputError(
                 f"labels {values.tolist()[:16]}: must be integers in [0, num_classes={model.num_classes})."
             )
     if cond_codes is not None:
         values = np.asarray(cond_codes)
-        if not np.issubdtype(values.dtype, np.integer) or values.min() < 0 or values.max() >= model.cond_num_codes:
+        if (
+            not np.issubdtype(values.dtype, np.integer)
+            or values.min() < 0
+            or values.max() >= model.cond_num_codes
+        ):
             raise MaskGITInputError(
                 f"Conditioning codes must be integers in [0, {model.cond_num_codes}); got "
                 f"values in [{values.min()}, {values.max()}]."

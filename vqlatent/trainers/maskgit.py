@@ -62,6 +62,13 @@ def training_mask(rng: jax.Array, batch_size: int, num_positions: int, schedule:
     return ranks(jax.random.uniform(order_key, (batch_size, num_positions))) < count[:, None]
 
 
+def masked_nll(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
+    """(B, N, K) logits, (B, N) targets and mask -> (B, N) -log p(target) in nats where `mask`, 0
+    elsewhere (nothing, not even a gradient, flows from an unmasked position)."""
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+    return jnp.where(mask, nll, 0.0)
+
+
 def fixed_masks(ratios: Sequence[float], num_positions: int) -> np.ndarray:
     """(R, N) bool: for ratio j, the round(r_j N) (at least one) first positions of a fixed random
     order (seeded by j), the evaluation's masks (the same for every example)."""
@@ -143,7 +150,8 @@ class Task(base.Task):
 
     def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
         batch = {
-            layout.code_key(n): np.zeros((batch_size, *s.shape), np.int32) for n, s in self.spec.levels.items()
+            layout.code_key(n): np.zeros((batch_size, *s.shape), np.int32)
+            for n, s in self.spec.levels.items()
         }
         batch["label"] = np.zeros((batch_size,), np.int32)
         return batch
@@ -160,7 +168,11 @@ class Task(base.Task):
         with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/autoencoder.py).
             params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
         return base.TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), model_state={}, rng=state_rng
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.tx.init(params),
+            model_state={},
+            rng=state_rng,
         )
 
     def masked_cross_entropy(self, params, batch: Mapping[str, jax.Array], mask: jax.Array) -> jax.Array:
@@ -171,8 +183,7 @@ class Task(base.Task):
         flat = codes.reshape(b, self.num_positions)
         inputs = jnp.where(mask, self.model.mask_id, flat).reshape(codes.shape)
         logits = self.model.apply({"params": params}, inputs, labels, cond).reshape(b, self.num_positions, -1)
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), flat)
-        return jnp.where(mask, nll, 0.0)
+        return masked_nll(logits, flat, mask)
 
     def loss_fn(self, params, model_state, batch, rng):
         codes = batch[layout.code_key(self.level)]
