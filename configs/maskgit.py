@@ -25,7 +25,8 @@ mnist — 28x28: top 7x7 / bottom 14x14 codes, K=512; width 128, MLP 432, 4 bloc
   workdir). No measured run yet (docs/results.md).
 
 Decoding (`config.sample`): num_steps (T, 8), choice_temperature (4.5, the paper's), schedule
-('cosine'); each MaskGIT prior of a chain decodes with its own config's options.
+('cosine'); each MaskGIT prior of a chain decodes with its own config's options, except that a
+MaskGIT top prior's `sample.lower_num_steps` sets the steps of the lower MaskGIT priors.
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # Transformers want a warmup; the cosine decay ends at num_train_steps.
     config.optimizer.update(dict(schedule="cosine", warmup_steps=min(500, steps // 10), grad_clip_norm=1.0))
+    if variant == "mnist":
+        # Four forward passes per example (one per eval ratio): 2,500 of the 10,000 test images' codes
+        # cost one pass over all of them.
+        config.eval_num_examples = 2500
     config.sample = ml_collections.ConfigDict(
         dict(
             temperature=1.0,
@@ -86,6 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             num_steps=8,
             choice_temperature=4.5,
             schedule="cosine",
+            # The steps of the lower MaskGIT priors when this prior is the top (None: their own).
+            lower_num_steps=ml_collections.FieldReference(None, field_type=int),
         )
     )
     return config

@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config, tiny_vqvae2_config, train_tiny_prior
+from helpers import load_config, run_steps, tiny_vqvae2_config, train_tiny_prior
 
 from vqlatent.codes import dataset as codes_dataset
 from vqlatent.codes import layout
 from vqlatent.nets.maskgit import MaskGITInputError, MaskGITTransformer, mask_ratio
+from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.priors import maskgit_sampling
 from vqlatent.trainers import loop
 from vqlatent.trainers import maskgit as maskgit_task
@@ -138,6 +139,36 @@ def test_task_loss_is_the_masked_cross_entropy_of_the_network_on_the_masked_inpu
     ) / jnp.sum(mask)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["mask_fraction"]), float(jnp.mean(mask)))
+
+
+def _batches(task, n, batch_size=8):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        # Codes of both levels in [0, 4) (valid for K=4 and K=5), labels 0 1 2 0 ...
+        batch = {
+            k: rng.integers(0, 4, (batch_size, *v.shape[1:])).astype(np.int32)
+            for k, v in task.dummy_batch().items()
+        }
+        batch["label"] = (np.arange(batch_size) % 3).astype(np.int32)
+        out.append(batch)
+    return out
+
+
+def test_sharded_steps_equal_single_device_steps_and_bfloat16_stays_close():
+    task = _task("bottom")
+    batches = _batches(task, 2)
+    eval_batch = {**batches[0], "mask": np.ones(8, np.float32)}
+    one = run_steps(task, mesh_lib.make_mesh(1), batches, eval_batch)
+    eight = run_steps(task, mesh_lib.make_mesh(8), batches, eval_batch)
+    chex.assert_trees_all_close(eight, one, atol=1e-5, rtol=1e-5)
+    assert float(one[1][0]["loss"]) > float(one[1][1]["loss"]) * 0.5  # A real loss, not a degenerate 0.
+    bf16 = _task("bottom")
+    bf16.config.dtype = "bfloat16"
+    bf16 = maskgit_task.Task(bf16.config, bf16.spec)
+    state, metrics = run_steps(bf16, mesh_lib.make_mesh(1), batches)
+    assert all(np.isfinite(float(m["loss"])) for m in metrics)
+    np.testing.assert_allclose(float(metrics[0]["loss"]), float(one[1][0]["loss"]), rtol=0.02)
 
 
 # -- the network ----------------------------------------------------------------------------------
@@ -408,6 +439,15 @@ def test_sample_mode_runs_the_chain_with_maskgit_and_pixelcnn_priors_mixed(tmp_p
         assert out["codes_by_level"]["top"].shape == (20, 2, 2)
         assert out["codes_by_level"]["bottom"].shape == (20, 4, 4)
         assert out["samples"].shape == (20, 8, 8, 1) and os.path.getsize(out["images"]) > 100
+    # Both levels MaskGIT; the top's sample.lower_num_steps sets the bottom's decoding steps.
+    config, workdir = maskgit["top"]
+    config.sample.lower_priors = f"bottom={maskgit['bottom'][1]}"
+    three = main_lib.run(config, workdir, "sample")["codes_by_level"]
+    config.sample.lower_num_steps = 1
+    one = main_lib.run(config, workdir, "sample")["codes_by_level"]
+    config.sample.lower_num_steps = None
+    np.testing.assert_array_equal(one["top"], three["top"])
+    assert not np.array_equal(one["bottom"], three["bottom"])
     # vqlatent.load: a MaskGIT top prior's workdir is a chain too, and samples as --mode=sample does.
     chain = loading.load(maskgit["top"][1], lower_priors=f"bottom={pixelcnn['bottom'][1]}")
     samples = chain.sample(20, labels=np.repeat(np.arange(10), 2), seed=0, batch_size=100)
