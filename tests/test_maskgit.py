@@ -40,7 +40,7 @@ def _init(model, batch=2, seed=0):
         if model.cond_num_codes
         else None
     )
-    return model.init(jax.random.PRNGKey(seed), codes, labels, cond), labels, cond
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), codes, labels, cond), labels, cond
 
 
 # -- the schedule -------------------------------------------------------------------------------
@@ -75,9 +75,13 @@ def test_decoding_leaves_the_scheduled_fraction_masked_after_each_step(schedule)
     model = _tiny()
     variables, labels, cond = _init(model)
     codes = jnp.full((2, N), model.mask_id, jnp.int32)
+    apply, decode_step = (
+        jax.jit(model.apply),
+        jax.jit(maskgit_sampling.decode_step, static_argnames="mask_id"),
+    )
     for t, count in enumerate(maskgit_sampling.masked_counts(N, 4, schedule)):
-        logits = model.apply(variables, codes.reshape(2, H, W), labels, cond).reshape(2, N, K)
-        codes = maskgit_sampling.decode_step(
+        logits = apply(variables, codes.reshape(2, H, W), labels, cond).reshape(2, N, K)
+        codes = decode_step(
             codes, logits, jax.random.PRNGKey(t), count, mask_id=K, temperature=1.0, noise_scale=1.0
         )
         np.testing.assert_array_equal(np.sum(np.asarray(codes) == K, axis=1), [count, count])
@@ -95,8 +99,9 @@ def test_loss_counts_only_the_masked_positions():
         return jnp.sum(maskgit_task.masked_nll(logits, targets, mask)) / jnp.sum(mask)
 
     other = jnp.where(mask, targets, (targets + 1) % K)  # Only the unmasked targets change.
-    value, grad = jax.value_and_grad(loss)(logits, targets)
-    value_other, grad_other = jax.value_and_grad(loss)(logits, other)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    value, grad = value_and_grad(logits, targets)
+    value_other, grad_other = value_and_grad(logits, other)
     assert float(value) == float(value_other)
     np.testing.assert_array_equal(grad, grad_other)
     assert not np.any(np.asarray(grad)[~np.asarray(mask)])  # No gradient from an unmasked position.
@@ -126,13 +131,13 @@ def test_task_loss_is_the_masked_cross_entropy_of_the_network_on_the_masked_inpu
         "label": jnp.arange(4) % 3,
     }
     assert set(batch) == set(task.dummy_batch())
-    state = task.init_state(jax.random.PRNGKey(2), batch)
+    state = jax.jit(task.init_state)(jax.random.PRNGKey(2), batch)
     rng = jax.random.PRNGKey(3)
-    loss, (_, metrics) = task.loss_fn(state.params, {}, batch, rng)
+    loss, (_, metrics) = jax.jit(task.loss_fn)(state.params, {}, batch, rng)
     mask = maskgit_task.training_mask(rng, 4, 4 * N)
     flat = batch["codes_bottom"].reshape(4, -1)
     inputs = jnp.where(mask, K, flat).reshape(4, 2 * H, 2 * W)
-    logits = task.model.apply({"params": state.params}, inputs, batch["label"], batch["codes_top"])
+    logits = jax.jit(task.model.apply)({"params": state.params}, inputs, batch["label"], batch["codes_top"])
     log_p = jax.nn.log_softmax(logits.reshape(4, 4 * N, K))
     expected = -jnp.sum(
         jnp.where(mask, jnp.take_along_axis(log_p, flat[..., None], -1)[..., 0], 0)
@@ -195,9 +200,10 @@ def test_class_and_upper_level_change_every_position():
     model = _tiny()
     variables, labels, cond = _init(model)
     codes = jnp.full((2, H, W), K, jnp.int32)
-    base = model.apply(variables, codes, labels, cond)
-    other_label = model.apply(variables, codes, (labels + 1) % 3, cond)
-    other_cond = model.apply(variables, codes, labels, (cond + 1) % 4)
+    apply = jax.jit(model.apply)
+    base = apply(variables, codes, labels, cond)
+    other_label = apply(variables, codes, (labels + 1) % 3, cond)
+    other_cond = apply(variables, codes, labels, (cond + 1) % 4)
     assert np.all(np.abs(np.asarray(other_label - base)).max(axis=-1) > 1e-5)
     assert np.all(np.abs(np.asarray(other_cond - base)).max(axis=-1) > 1e-5)
 
@@ -207,6 +213,7 @@ def test_class_and_upper_level_change_every_position():
 
 def test_a_decoding_step_never_unmasks_or_changes_a_fixed_code():
     rng = np.random.default_rng(0)
+    decode_step = jax.jit(maskgit_sampling.decode_step, static_argnames="mask_id")
     for trial in range(20):
         codes = rng.integers(0, K, (4, N))
         masked = rng.random((4, N)) < 0.6
@@ -218,7 +225,7 @@ def test_a_decoding_step_never_unmasks_or_changes_a_fixed_code():
         )
         target = int(rng.integers(0, masked.sum(axis=1).min()))  # Any count, even too many.
         out = np.asarray(
-            maskgit_sampling.decode_step(
+            decode_step(
                 jnp.asarray(codes),
                 logits,
                 jax.random.PRNGKey(trial),
@@ -238,10 +245,11 @@ def _reference_decode(model, variables, rng, labels, cond, temperature, num_step
     """MaskGIT decoding without noise, written plainly: a Python loop over steps and examples."""
     b = len(labels)
     codes = np.full((b, N), K, np.int64)
+    apply = jax.jit(model.apply)  # The network; the decoding around it is the plain loop below.
     for t in range(num_steps):
-        logits = np.asarray(
-            model.apply(variables, jnp.asarray(codes.reshape(b, H, W)), labels, cond)
-        ).reshape(b, N, K)
+        logits = np.asarray(apply(variables, jnp.asarray(codes.reshape(b, H, W)), labels, cond)).reshape(
+            b, N, K
+        )
         sample_key, _ = jax.random.split(jax.random.fold_in(rng, t))
         drawn = np.asarray(jax.random.categorical(sample_key, jnp.asarray(logits) / temperature, axis=-1))
         for i in range(b):
