@@ -1,7 +1,7 @@
 """Tasks and random batches for the benchmarks, without any dataset (shared by the bench scripts).
 
 An autoencoder (VQ-VAE, VQ-VAE-2) gets random images with the shape of its
-config's dataset (or an explicit shape); a prior (model_name='pixelcnn') gets
+config's dataset (or an explicit shape); a prior (model_name='pixelcnn' or 'maskgit') gets
 random codes for every level of a code hierarchy and random labels. The
 hierarchy is given as 'LEVEL=HxWxK,...' or derived from the VQ-VAE-2 config the
 codes would be extracted with.
@@ -101,7 +101,7 @@ def task_and_batch(
     The data variance only scales the reconstruction loss, so it is not estimated
     (which would read the dataset) for timing.
     """
-    if config.model_name == "pixelcnn":
+    if config.model_name in ("pixelcnn", "maskgit"):
         levels = prior_levels(config, code_levels, codes_config)
         num_classes = int(config.data.num_classes or 1)
         shape = levels[config.prior.level].shape

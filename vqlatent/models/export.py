@@ -178,7 +178,8 @@ def describe(model: Any) -> list[str]:
         for prior in model.priors:
             cond = f", conditioned on the {prior.task.cond_level} codes" if prior.task.cond_level else ""
             classes = f", {prior.task.model.num_classes} classes" if prior.task.model.num_classes else ""
-            lines.append(f"- Prior of the {prior.task.level} codes: Gated PixelCNN{classes}{cond}.")
+            kind = getattr(prior.task, "description", "Gated PixelCNN")
+            lines.append(f"- Prior of the {prior.task.level} codes: {kind}{classes}{cond}.")
     if isinstance(model, InfoGAN):
         s = model.latent_spec
         lines.append(

@@ -26,6 +26,7 @@ from vqlatent.priors import generate
 from vqlatent.trainers import workdir as workdir_lib
 
 AUTOENCODER_TASKS = ("vqvae", "vqvae2", "autoencoder")
+PRIOR_TASKS = ("pixelcnn", "maskgit")
 PRETRAINED_PREFIX = "pretrained:"
 
 
@@ -88,11 +89,11 @@ def load_workdir(path: str, step: int | None = None, lower_priors: str | None = 
         return Autoencoder(comp_lib.from_workdir("autoencoder", path, step))
     if name == "infogan":
         return InfoGAN(comp_lib.from_workdir("infogan", path, step))
-    if name == "pixelcnn":
+    if name in PRIOR_TASKS:
         return _chain_from_workdir(path, step, lower_priors)
     raise ModelPathError(
-        f"{path} holds a {name!r} model; vqlatent.load loads autoencoders (vqvae, vqvae2), PixelCNN prior "
-        f"chains (the top prior's workdir) and InfoGAN."
+        f"{path} holds a {name!r} model; vqlatent.load loads autoencoders (vqvae, vqvae2), prior chains "
+        f"(PixelCNN or MaskGIT: the top prior's workdir) and InfoGAN."
     )
 
 

@@ -138,7 +138,8 @@ class PriorChain:
 
     def bits_per_code(self, codes: Any, labels: Any = None) -> dict[str, np.ndarray]:
         """{level: (B,) mean -log2 p(code) over the level's positions} of each prior (eq. 1 of the
-        PixelCNN), for code hierarchies such as `autoencoder.encode` gives, with their labels."""
+        PixelCNN), for code hierarchies such as `autoencoder.encode` gives, with their labels.
+        Priors without a tractable likelihood (MaskGIT: `task.has_likelihood` False) are left out."""
         codes = self.autoencoder.check_codes(codes)
         n = len(codes[self.autoencoder.level_names[0]])
         if labels is None:
@@ -148,6 +149,8 @@ class PriorChain:
         batch = {**{layout.code_key(k): v for k, v in codes.items()}, "label": np.asarray(labels, np.int32)}
         out = {}
         for prior in self.priors:
+            if not getattr(prior.task, "has_likelihood", True):
+                continue
             if prior.task.level not in self._nll:
                 self._nll[prior.task.level] = jax.jit(prior.task.nll_per_example)
             nll = batching.run_bucketed(

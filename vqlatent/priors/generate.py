@@ -184,8 +184,15 @@ def load_hierarchy(top: workdir_lib.Workdir) -> SamplingHierarchy:
     ckpt_lib.check_workdir_config(top.path, config, write=False)
     states = [p.restore() for p in priors]
     vq_state, _ = vq.restore(vq_step)
+    specs = [p.task.prior_spec(state) for p, (state, _) in zip(priors, states)]
+    # A MaskGIT top prior's `sample.lower_num_steps`: the decoding steps of the lower MaskGIT priors
+    # (else each decodes with its own config's), so one trained chain can be sampled at several T.
+    lower_steps = config.sample.get("lower_num_steps")
+    for spec in specs[1:]:
+        if lower_steps is not None and spec.get("kind") == "maskgit":
+            spec["decode"] = {**spec["decode"], "num_steps": lower_steps}
     return SamplingHierarchy(
-        priors=[p.task.prior_spec(state) for p, (state, _) in zip(priors, states)],
+        priors=specs,
         prior_workdirs=[p.path for p in priors],
         code_model=code_model,
         vq=vq,

@@ -37,6 +37,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
+from vqlatent.priors import maskgit_sampling
+
+# Prior kinds other than the PixelCNN (a prior spec's `kind`) -> their one-level sampler
+# fn(prior, rng, batch_size, labels, cond_codes, temperature, traced) -> (B, h, w) codes.
+LEVEL_SAMPLERS = {"maskgit": maskgit_sampling.sample_level}
 
 
 def check_sampling_inputs(
@@ -282,7 +287,8 @@ def sample_hierarchy(
     Args:
       priors: top first; each a mapping with `level`, `model` (GatedPixelCNN),
         `variables`, `shape` (h, w) and `conditioning_level` (None for the top,
-        otherwise a level sampled by an earlier prior).
+        otherwise a level sampled by an earlier prior); a `kind` other than
+        'pixelcnn' (e.g. 'maskgit') is drawn by its `LEVEL_SAMPLERS` entry.
       rng: level i draws with `fold_in(rng, i)`.
       batch_size: code maps per level.
       labels: (B,) class labels for the class-conditional priors (ignored by the others).
@@ -305,6 +311,18 @@ def sample_hierarchy(
             )
         model = prior["model"]
         level_labels = labels if model.num_classes else None
+        kind = prior.get("kind", "pixelcnn")
+        if kind != "pixelcnn":
+            if kind not in LEVEL_SAMPLERS:
+                raise ValueError(
+                    f"The prior of level {prior['level']!r} is of kind {kind!r}; known kinds: "
+                    f"{['pixelcnn', *LEVEL_SAMPLERS]}."
+                )
+            cond = None if cond_level is None else codes[cond_level]
+            codes[prior["level"]] = LEVEL_SAMPLERS[kind](
+                prior, jax.random.fold_in(rng, i), batch_size, level_labels, cond, temperature, traced=traced
+            )
+            continue
         if traced:  # Inside jit / jax.export: no host-side checks of the (traced) values.
             codes[prior["level"]] = _sample_cached(
                 model,

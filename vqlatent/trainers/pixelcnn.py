@@ -164,6 +164,7 @@ class Task(base.Task):
     def prior_spec(self, state: base.TrainState) -> dict[str, Any]:
         """This prior as one entry of `vqlatent.priors.sampling.sample_hierarchy`."""
         return {
+            "kind": "pixelcnn",
             "level": self.level,
             "model": self.model,
             "variables": {"params": state.params},
