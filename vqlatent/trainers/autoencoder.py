@@ -145,14 +145,17 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
+        return base.state_from_variables(self.init_variables(params_rng, batch["image"]), self.tx, state_rng)
+
+    def init_variables(self, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
+        """The autoencoder's initial variables ('params' and the quantizers' state collections)."""
         # XLA:CPU compiles the partitionable threefry of every initializer very slowly (measured:
         # 14 s against 2.7 s for the 40 initializers of a tiny VQ-VAE-2); the classic threefry gives
         # equally good random numbers. The one-level VQ-VAE keeps JAX's default, with which its
         # checkpoints and results were made.
         partitionable = self.model.architecture == "vqvae" and jax.config.jax_threefry_partitionable
         with jax.threefry_partitionable(partitionable):
-            variables = self.model.init(params_rng, batch["image"], train=False)
-        return base.state_from_variables(variables, self.tx, state_rng)
+            return self.model.init(rng, images, train=False)
 
     # -- training ----------------------------------------------------------------
     def loss_fn(self, params, model_state, batch, rng):
@@ -164,7 +167,12 @@ class Task(base.Task):
         vq = outputs["vq"]
         vq_loss = functools.reduce(jnp.add, [vq[n]["loss"] for n in self.level_names])
         loss = mse / self.data_variance + vq_loss
-        metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss}
+        metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss, **self.level_metrics(vq)}
+        return loss, (new_model_state, metrics)
+
+    def level_metrics(self, vq: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """Each level's training metrics from its quantizer's outputs (perplexity, usage, ...)."""
+        metrics = {}
         for n in self.level_names:
             s = self.suffix[n]
             metrics[f"perplexity{s}"] = vq[n]["perplexity"]
@@ -174,7 +182,7 @@ class Task(base.Task):
             metrics[f"batch_codebook_usage{s}"] = jnp.mean(counts > 0)
             if "dead_codes" in vq[n]:  # EMA usage below the restart threshold (restarted this step).
                 metrics[f"dead_codes{s}"] = vq[n]["dead_codes"]
-        return loss, (new_model_state, metrics)
+        return metrics
 
     # -- codes (vqlatent.codes.CodeModel) -----------------------------------------
     def encode_codes(self, state: base.TrainState, images: jax.Array) -> dict[str, jax.Array]:
