@@ -70,13 +70,17 @@ def convert(vgg_state: dict[str, np.ndarray], lin_state: dict[str, np.ndarray]) 
     for l in range(len(lpips_lib.VGG16_BLOCKS)):
         key = f"lin{l}.model.1.weight"
         if key not in lin_state or lin_state[key].size != expected[f"lin{l}"][0]:
-            raise SystemExit(f"--lin lacks {key!r} of {expected[f'lin{l}'][0]} weights: not LPIPS v0.1's vgg.pth.")
+            raise SystemExit(
+                f"--lin lacks {key!r} of {expected[f'lin{l}'][0]} weights: not LPIPS v0.1's vgg.pth."
+            )
         out[f"lin{l}"] = lin_state[key].reshape(-1)
     return {k: np.ascontiguousarray(v, np.float32) for k, v in out.items()}
 
 
 def main(argv=None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vgg", required=True, help="torchvision's vgg16-*.pth")
     parser.add_argument("--lin", default=None, help="LPIPS v0.1 vgg.pth (default: the lpips package's)")
     parser.add_argument("--out", required=True, help="the .safetensors file to write")
@@ -85,7 +89,11 @@ def main(argv=None) -> str:
 
     lin_path = args.lin or default_lin_path()
     tensors = convert(_load_torch(args.vgg), _load_torch(lin_path))
-    metadata = {"format": lpips_lib.FORMAT, "vgg": os.path.basename(args.vgg), "lin": os.path.basename(lin_path)}
+    metadata = {
+        "format": lpips_lib.FORMAT,
+        "vgg": os.path.basename(args.vgg),
+        "lin": os.path.basename(lin_path),
+    }
     save_file(tensors, args.out, metadata=metadata)
     print(f"wrote {args.out}: {len(tensors)} tensors from {args.vgg} and {lin_path}")
     return args.out
