@@ -19,6 +19,7 @@ from helpers import REPO_ROOT, load_config, run_steps
 
 from vqlatent import data as data_lib
 from vqlatent.data.sources import DatasetSpec
+from vqlatent.evaluation import reconstruction_fd
 from vqlatent.nets import lpips as lpips_lib
 from vqlatent.nets.discriminator import PatchDiscriminator, patch_grid_size
 from vqlatent.parallel import mesh as mesh_lib
@@ -291,25 +292,63 @@ def test_sharded_step_equals_single_device_step(data_dir):
 # -- resume, evaluation, bad configs ---------------------------------------------------------------------
 
 
-def test_resume_is_bit_exact_with_both_networks_and_evaluates_like_the_autoencoder(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_runs(data_dir, tmp_path_factory):
+    """A run stopped at step 2 (as a killed run's last checkpoint) and resumed to 4, and a clean run
+    of 4 steps (LeCam on, the discriminator from step 1): (resumed workdir, resumed, clean)."""
+    root = tmp_path_factory.mktemp("vqgan_resume")
     config = tiny_config(data_dir, disc_start=1)
     config.loss.lecam_weight = 0.01  # With the LeCam averages in the state.
     config.eval_every_steps = 4
-    resumed_dir = str(tmp_path / "resumed")
+    resumed_dir = str(root / "resumed")
     config.num_train_steps = 2
-    loop.train_and_evaluate(config, resumed_dir)  # Stops at step 2 (as a killed run's checkpoint).
+    loop.train_and_evaluate(config, resumed_dir)
     config.num_train_steps = 4
     resumed = loop.train_and_evaluate(config, resumed_dir)
     config.eval_every_steps = 0  # Evaluations change nothing in the state.
-    clean = loop.train_and_evaluate(config, str(tmp_path / "clean"))
+    clean = loop.train_and_evaluate(config, str(root / "clean"))
+    return resumed_dir, jax.device_get(resumed), jax.device_get(clean)
+
+
+def test_resume_is_bit_exact_with_both_networks_and_evaluates_like_the_autoencoder(resumed_runs):
+    resumed_dir, resumed, clean = resumed_runs
     assert int(resumed.step) == int(clean.step) == 4
     assert set(clean.params) == {"autoencoder", "discriminator"}
     assert set(clean.model_state) == {"autoencoder", "discriminator", "lecam"}
-    chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(clean))
+    chex.assert_trees_all_equal(resumed, clean)  # Bit for bit: both networks, both Adams, BN, EMA, LeCam.
     with open(os.path.join(resumed_dir, "eval", "metrics_00000004.json")) as f:
         metrics = json.load(f)
     assert {"mse", "psnr", "ssim", "codebook_usage", "perplexity"} <= set(metrics)
     assert os.path.exists(os.path.join(resumed_dir, "images", "reconstructions.png"))
+
+
+def test_reconstruction_frechet_distance_maths():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(400, 3))
+    same = reconstruction_fd.frechet_distances(real, real)
+    assert abs(same["rfd"]) < 1e-6 and same["rfd_halves"] == same["rfd_floor"] > 0
+    shifted = reconstruction_fd.frechet_distances(real, real + np.array([2.0, 0.0, 0.0]))
+    np.testing.assert_allclose(shifted["rfd"], 4.0, rtol=1e-6)  # |mu_1 - mu_2|^2, equal covariances.
+    with pytest.raises(ValueError, match="must pair up"):
+        reconstruction_fd.frechet_distances(real, real[:10])
+
+
+def test_reconstruction_fd_of_a_trained_workdir(resumed_runs, data_dir, tmp_path):
+    resumed_dir, _, _ = resumed_runs
+    clf = load_config("classifier")
+    clf.data.data_dir, clf.data.num_workers = data_dir, 1
+    clf.model.dense_features = 8
+    clf.update(dict(num_train_steps=1, eval_every_steps=0, checkpoint_every_steps=1, progress_bar=False))
+    clf_dir = str(tmp_path / "classifier")
+    loop.train_and_evaluate(clf, clf_dir)
+    with pytest.raises(ValueError, match="model_name='vqgan' run, not a classifier"):
+        reconstruction_fd.reconstruction_fd(resumed_dir, resumed_dir)
+    result = reconstruction_fd.reconstruction_fd(resumed_dir, clf_dir, batch_size=128)
+    assert result["num_examples"] == 300 and result["step"] == 4 and result["feature_dim"] == 8
+    assert result["rfd"] > 0 and result["rfd_halves"] > 0 and result["rfd_floor"] > 0
+    assert 0 <= result["recon_accuracy"] <= 1 and result["psnr"] > 0
+    with open(os.path.join(resumed_dir, "eval", "rfd_00000004.json")) as f:
+        assert json.load(f)["rfd"] == result["rfd"]
 
 
 @pytest.mark.parametrize(
