@@ -124,6 +124,8 @@ def task_and_batch(
     spec = DatasetSpec(image_shape=shape, num_classes=10, num_train=1, num_eval=1)
     if "loss" in config and "normalize_by_data_variance" in config.loss:
         config.loss.normalize_by_data_variance = False
+    if "loss" in config and "disc_start" in config.loss:  # VQGAN: time the step with the discriminator on.
+        config.loss.disc_start = 0
     batch = {
         "image": rng.uniform(size=(batch_size, *shape)).astype(np.float32),
         "label": rng.integers(0, 10, batch_size).astype(np.int32),

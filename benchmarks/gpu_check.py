@@ -8,7 +8,7 @@ On whatever backend JAX finds (`jax.default_backend()`: gpu, tpu or cpu), in thi
 tests     the test files that exercise the backend's kernels and sharding (`TEST_FILES`: networks,
           quantizers, the sharded step) with `JAX_PLATFORMS` set to that backend, so nothing falls back
           to the CPU; pass/fail counts and the tail of pytest's output.
-train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, InfoGAN included) in float32 and in bfloat16, each beside the PyTorch reference of
+train     the jitted train step of every model config (`run_all.TRAIN_ROWS`, InfoGAN and VQGAN included) in float32 and in bfloat16, each beside the PyTorch reference of
           `benchmarks/reference/torch_models.py` on the same device (CUDA when JAX runs on a GPU; bf16 autocast for the
           bfloat16 rows); step time, ratio, compile time, init time, XLA's memory estimate and the
           allocator's peak (GPU/TPU).
@@ -68,6 +68,7 @@ SMOKE_TRAIN_FLAGS = {
     "vqvae2": ["--batch_size=2", "--image_shape=16,16,3"],
     "pixelcnn": ["--batch_size=2", "--code_levels=bottom=4x4x16,top=2x2x16"],
     "infogan": ["--batch_size=4"],
+    "vqgan": ["--batch_size=2"],
 }
 
 # What each stage's child processes import (benchmarks/ and the repository on their path): checked

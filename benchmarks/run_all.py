@@ -8,8 +8,8 @@ Each benchmark runs in its own process (clean memory and compile numbers):
 train           `train_step_bench.py`, ours against our PyTorch reference (`benchmarks/reference`),
                 for the rows of `TRAIN_ROWS`: the MNIST VQ-VAE (batch 128), the ImageNet VQ-VAE-2 at
                 64x64 (batch 16) and 256x256 (batch 4), the MNIST PixelCNN priors (top: 7x7 codes with
-                attention; bottom: 14x14 codes conditioned on the top; batch 64, K=512) and the MNIST
-                InfoGAN (batch 128). Without torch installed, ours alone (`--notorch`). With
+                attention; bottom: 14x14 codes conditioned on the top; batch 64, K=512), the MNIST
+                InfoGAN (batch 128) and the MNIST VQGAN (batch 128, the discriminator on). Without torch installed, ours alone (`--notorch`). With
                 `--quick`, `QUICK_TRAIN_ROWS`: the digits variant of each model.
 compile         The time to compile the jitted init and train step of `COMPILE_ROW` (the 256x256
                 VQ-VAE-2), three fresh processes in a row: no persistent compilation cache, an empty
@@ -67,6 +67,7 @@ TRAIN_ROWS = (
         ["--config=configs/pixelcnn.py:mnist,level=bottom", "--codes_config=configs/vqvae2.py:mnist"],
     ),
     ("InfoGAN, MNIST 28x28", ["--config=configs/infogan.py:mnist", "--batch_size=128"]),
+    ("VQGAN, MNIST 28x28", ["--config=configs/vqgan.py:mnist", "--batch_size=128"]),
 )
 # --quick: the digits variant of each model (8x8 images, 2x2 / 4x4 codes), batch 2 (InfoGAN: 4).
 QUICK_TRAIN_ROWS = (
@@ -89,6 +90,7 @@ QUICK_TRAIN_ROWS = (
         ],
     ),
     ("InfoGAN, digits 8x8", ["--config=configs/infogan.py", "--batch_size=4"]),
+    ("VQGAN, digits 8x8", ["--config=configs/vqgan.py", "--batch_size=2"]),
 )
 # The compile-time row (the model of the goal: <= 10 s on a 2-core CPU), and its --quick stand-in.
 COMPILE_ROW = ("VQ-VAE-2, 256x256, batch 4", ["--config=configs/vqvae2.py:imagenet256", "--batch_size=4"])

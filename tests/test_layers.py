@@ -21,7 +21,16 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "vqlatent"
 # other modules of `vqlatent.trainers`, one Task each, sit above the priors they sample with).
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("vqlatent.backend", "vqlatent.utils", "vqlatent.config_checks")),
-    ("building blocks", ("vqlatent.data", "vqlatent.parallel", "vqlatent.evaluation", "vqlatent.quantizers")),
+    (
+        "building blocks",
+        (
+            "vqlatent.data",
+            "vqlatent.parallel",
+            "vqlatent.evaluation",
+            "vqlatent.quantizers",
+            "vqlatent.vqgan",
+        ),
+    ),
     ("codes, InfoGAN maths, lowering", ("vqlatent.codes", "vqlatent.infogan", "vqlatent.lowering")),
     ("networks", ("vqlatent.nets",)),  # nets.levels reads the codes' layout.
     (

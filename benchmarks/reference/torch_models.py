@@ -495,7 +495,72 @@ def _infogan(config, input_shape):
     return port
 
 
-BUILDERS = {"vqvae": _vqvae, "vqvae2": _vqvae2, "pixelcnn": _pixelcnn, "infogan": _infogan}
+class PatchDiscriminator(nn.Module):
+    """vqlatent.nets.discriminator.PatchDiscriminator (taming's NLayerDiscriminator, BatchNorm) in PyTorch."""
+
+    def __init__(self, channels: int, width: int, num_layers: int):
+        super().__init__()
+        layers = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = width
+        for k in range(1, num_layers + 1):
+            out = width * min(2**k, 8)
+            stride = 2 if k < num_layers else 1
+            layers += [nn.Conv2d(c, out, 4, stride, 1, bias=False), nn.BatchNorm2d(out), nn.LeakyReLU(0.2)]
+            c = out
+        layers.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images):
+        return self.net(2.0 * images - 1.0)
+
+
+def _vqgan(config, input_shape) -> TorchStep:
+    """The VQGAN step as taming-transformers trains it (one-level VQ-VAE; the discriminator on):
+    the autoencoder's update with L1 + VQ + lambda * disc_weight * (-E D(x_hat)), lambda of eq. (7)
+    from `torch.autograd.grad` at the decoder's last kernel, then D's hinge update on x and x_hat."""
+    m, qc, loss = config.model, config.quantizer, config.loss
+    if "num_downsamples" not in m:
+        raise ValueError("The PyTorch VQGAN reference has one level (configs/vqgan.py).")
+    ae = VQVAE(
+        input_shape[-1],
+        m.num_hiddens,
+        m.num_residual_layers,
+        m.num_residual_hiddens,
+        m.num_downsamples,
+        m.embedding_dim,
+        qc.num_embeddings,
+    )
+    d = m.discriminator
+    disc = PatchDiscriminator(input_shape[-1], d.channels, d.num_layers)
+    opt_ae = torch.optim.Adam(ae.parameters(), lr=config.optimizer.learning_rate)
+    dopt = config.optimizer.discriminator
+    opt_d = torch.optim.Adam(disc.parameters(), lr=dopt.learning_rate, betas=(dopt.b1, dopt.b2))
+    last = ae.decoder[-1].weight
+
+    def step(batch):
+        x = batch["image"]
+        with _autocast():
+            recon, vq_loss = ae(x)
+            rec = loss.l1_weight * (x - recon).abs().mean() + loss.l2_weight * F.mse_loss(recon, x)
+            g_loss = -disc(recon).mean()
+        rec_grad = torch.autograd.grad(rec, last, retain_graph=True)[0]
+        g_grad = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        lam = torch.clamp(rec_grad.norm() / (g_grad.norm() + 1e-4), 0.0, 1e4).detach()
+        opt_ae.zero_grad(set_to_none=True)
+        (rec + vq_loss + loss.disc_weight * lam * g_loss).backward()
+        opt_ae.step()
+        opt_d.zero_grad(set_to_none=True)
+        with _autocast():
+            fake = recon.detach()
+            d_loss = 0.5 * (F.relu(1.0 - disc(x)).mean() + F.relu(1.0 + disc(fake)).mean())
+        d_loss.backward()
+        opt_d.step()
+        return d_loss.detach()
+
+    return TorchStep(nn.ModuleDict({"autoencoder": ae, "discriminator": disc}), step)
+
+
+BUILDERS = {"vqvae": _vqvae, "vqvae2": _vqvae2, "pixelcnn": _pixelcnn, "infogan": _infogan, "vqgan": _vqgan}
 
 
 def build(model_name: str, config, input_shape, device: str = "cpu", amp: bool = False) -> TorchStep:

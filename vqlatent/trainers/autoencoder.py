@@ -145,10 +145,13 @@ class Task(base.Task):
 
     def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
         params_rng, state_rng = jax.random.split(rng)
+        return base.state_from_variables(self.init_variables(params_rng, batch["image"]), self.tx, state_rng)
+
+    def init_variables(self, rng: jax.Array, images: jax.Array) -> dict[str, Any]:
+        """The autoencoder's initial variables ('params' and the quantizers' state collections)."""
         # The one-level VQ-VAE keeps JAX's threefry, with which its checkpoints and results were made.
         with backend.initializer_rng(keep_jax_default=self.model.architecture == "vqvae"):
-            variables = self.model.init(params_rng, batch["image"], train=False)
-        return base.state_from_variables(variables, self.tx, state_rng)
+            return self.model.init(rng, images, train=False)
 
     # -- training ----------------------------------------------------------------
     def loss_fn(self, params, model_state, batch, rng):
@@ -160,7 +163,12 @@ class Task(base.Task):
         vq = outputs["vq"]
         vq_loss = functools.reduce(jnp.add, [vq[n]["loss"] for n in self.level_names])
         loss = mse / self.data_variance + vq_loss
-        metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss}
+        metrics = {"loss": loss, "mse": mse, "vq_loss": vq_loss, **self.level_metrics(vq)}
+        return loss, (new_model_state, metrics)
+
+    def level_metrics(self, vq: Mapping[str, Any]) -> dict[str, jax.Array]:
+        """Each level's training metrics from its quantizer's outputs (perplexity, usage, ...)."""
+        metrics = {}
         for n in self.level_names:
             s = self.suffix[n]
             metrics[f"perplexity{s}"] = vq[n]["perplexity"]
@@ -170,7 +178,7 @@ class Task(base.Task):
             metrics[f"batch_codebook_usage{s}"] = jnp.mean(counts > 0)
             if "dead_codes" in vq[n]:  # EMA usage below the restart threshold (restarted this step).
                 metrics[f"dead_codes{s}"] = vq[n]["dead_codes"]
-        return loss, (new_model_state, metrics)
+        return metrics
 
     # -- codes (vqlatent.codes.CodeModel) -----------------------------------------
     def encode_codes(self, state: base.TrainState, images: jax.Array) -> dict[str, jax.Array]:

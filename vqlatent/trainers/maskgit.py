@@ -40,12 +40,11 @@ import numpy as np
 import optax
 
 from vqlatent.codes import layout
-from vqlatent.evaluation import sample_eval
 from vqlatent.nets.maskgit import MaskGITInputError, MaskGITTransformer, mask_ratio, upsample_factor
-from vqlatent.priors import generate
+from vqlatent.priors import generate, sample_eval
 from vqlatent.trainers import base
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.trainers.optim import make_optimizer
-from vqlatent.utils import workdir as workdir_lib
 
 
 def ranks(scores: jax.Array) -> jax.Array:
