@@ -159,19 +159,25 @@ def reconstruction_fd(
     return result
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The autoencoder's workdir.")
-_CLASSIFIER = flags.DEFINE_string("classifier_workdir", None, "The classifier's workdir.")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint (default: the newest).")
-_BATCH = flags.DEFINE_integer("batch_size", 500, "Images per batch.")
-_NUM = flags.DEFINE_integer("num_examples", None, "Only the first N eval images (default: all).")
-
-
-def main(argv):
-    del argv
-    result = reconstruction_fd(_WORKDIR.value, _CLASSIFIER.value, _STEP.value, _BATCH.value, _NUM.value)
-    print(json.dumps(result, indent=2, sort_keys=True))
+def _define_flags() -> dict[str, flags.FlagHolder]:
+    """The command line's flags, defined only when this module runs as a program (so importing it
+    beside `vqlatent.main`, which owns `--workdir`, defines nothing twice)."""
+    return dict(
+        workdir=flags.DEFINE_string("workdir", None, "The autoencoder's workdir."),
+        classifier_workdir=flags.DEFINE_string("classifier_workdir", None, "The classifier's workdir."),
+        step=flags.DEFINE_integer("step", None, "The checkpoint (default: the newest)."),
+        batch_size=flags.DEFINE_integer("batch_size", 500, "Images per batch."),
+        num_examples=flags.DEFINE_integer(
+            "num_examples", None, "Only the first N eval images (default: all)."
+        ),
+    )
 
 
 if __name__ == "__main__":
+    _FLAGS = _define_flags()
     flags.mark_flags_as_required(["workdir", "classifier_workdir"])
-    app.run(main)
+    app.run(
+        lambda argv: print(
+            json.dumps(reconstruction_fd(*(_FLAGS[name].value for name in _FLAGS)), indent=2, sort_keys=True)
+        )
+    )
