@@ -191,24 +191,30 @@ def describe(model: Any) -> list[str]:
 
 USAGE = {
     "autoencoder": (
-        "codes = model.encode(images)      # uint8 [B, H, W, C] or float in [0, 1] -> {level: int32 maps}",
-        "recon = model.decode(codes)       # -> float32 [B, H, W, C] in [0, 1]",
+        "codes = model.encode(images)  # uint8 [B, H, W, C] or float in [0, 1] -> {level: int32 maps}",
+        "recon = model.decode(codes)  # -> float32 [B, H, W, C] in [0, 1]",
     ),
     "prior_chain": (
         "out = model.sample(16, labels=[3] * 16, temperature=1.0, seed=0)",
-        "out.images, out.codes             # [16, H, W, C] in [0, 1]; {level: int32 maps}",
+        "out.images, out.codes  # [16, H, W, C] in [0, 1]; {level: int32 maps}",
     ),
     "infogan": (
         "images = model.generate(categorical=[3] * 8, continuous=[[0.5, 0.0]] * 8, seed=0)",
-        "q = model.infer(images)           # q['categorical'], q['continuous']",
+        "q = model.infer(images)  # q['categorical'], q['continuous']",
     ),
 }
 
 
 def model_card(model: Any, record: Mapping[str, Any]) -> str:
-    """The model card (README.md of the model directory)."""
+    """The model card (README.md of the model directory); its code block is as `ruff format` writes it."""
     lines = [f"# vqlatent {model.family}", "", "## What it is", *describe(model), ""]
-    lines += ["## Use it", "```python", "import vqlatent", "model = vqlatent.load(PATH)  # this directory"]
+    lines += [
+        "## Use it",
+        "```python",
+        "import vqlatent",
+        "",
+        "model = vqlatent.load(PATH)  # this directory",
+    ]
     lines += [*USAGE[model.family], "```", ""]
     if record.get("portable"):
         first = sorted(record["portable"])[0]
