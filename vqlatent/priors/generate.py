@@ -216,7 +216,7 @@ def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def jitted_decode(code_model: Any) -> Any:
     """`jax.jit(code_model.decode_codes)`, one per code model: a new jit of a bound method each call
-    would trace and compile the decoder again every time (0.65 s for the digits VQ-VAE-2)."""
+    would trace and compile the decoder again every time (docs/lab/models.md)."""
     return jax.jit(code_model.decode_codes)
 
 

@@ -255,7 +255,7 @@ class Task(autoencoder.Task):
                 return jnp.zeros_like(recon), new, terms
 
             # Both computed, one kept: XLA:CPU runs the convolutions inside a `lax.cond` branch about
-            # 40x slower than outside (measured on the MNIST model: 45 s against 1 s per step).
+            # 40x slower than outside on the MNIST model (docs/lab/vqgan.md).
             active = state.step >= cfg.disc_start
             gan_cotangent, new, terms = jax.tree.map(
                 lambda on, off: jnp.where(active, on, off), gan_terms(None), skip(None)
