@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlatent.nets.maskgit import SCHEDULES, MaskGITInputError, MaskGITTransformer, check_mask_id, mask_ratio
+from vqlatent.priors import checks
 
 DEFAULT_OPTIONS = {"num_steps": 8, "choice_temperature": 4.5, "schedule": "cosine"}
 
@@ -157,47 +158,8 @@ def _decode(
 def check_sampling_inputs(
     model: MaskGITTransformer, shape: Any, batch_size: Any, labels: Any, cond_codes: Any, temperature: Any
 ) -> None:
-    """Host-side checks of what a sampler is given (values too, not just shapes)."""
-    if (
-        isinstance(temperature, (bool, np.bool_))
-        or not isinstance(temperature, numbers.Real)
-        or not np.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise MaskGITInputError(
-            f"temperature={temperature!r}: must be a finite number > 0 "
-            f"(1 samples the model's distribution, smaller values sharpen it)."
-        )
-    if len(shape) != 2 or min(shape) < 1:
-        raise MaskGITInputError(f"shape={tuple(shape)}: must be (height, width) of the code map.")
-    if (
-        isinstance(batch_size, (bool, np.bool_))
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise MaskGITInputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
-    model.check_inputs((batch_size, *shape), labels, cond_codes)
-    if labels is not None:
-        values = np.asarray(labels)
-        if (
-            not np.issubdtype(values.dtype, np.integer)
-            or values.min() < 0
-            or values.max() >= model.num_classes
-        ):
-            raise MaskGITInputError(
-                f"labels {values.tolist()[:16]}: must be integers in [0, num_classes={model.num_classes})."
-            )
-    if cond_codes is not None:
-        values = np.asarray(cond_codes)
-        if (
-            not np.issubdtype(values.dtype, np.integer)
-            or values.min() < 0
-            or values.max() >= model.cond_num_codes
-        ):
-            raise MaskGITInputError(
-                f"Conditioning codes must be integers in [0, {model.cond_num_codes}); got "
-                f"values in [{values.min()}, {values.max()}]."
-            )
+    """Host-side checks of what a sampler is given (`checks.check_sampler_inputs`)."""
+    checks.check_sampler_inputs(model, shape, batch_size, labels, cond_codes, temperature, MaskGITInputError)
 
 
 def sample_codes(

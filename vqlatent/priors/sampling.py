@@ -28,7 +28,6 @@ a prior conditioned on the level above.
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
-from vqlatent.priors import maskgit_sampling
+from vqlatent.priors import checks, maskgit_sampling
 
 # Prior kinds other than the PixelCNN (a prior spec's `kind`) -> their one-level sampler
 # fn(prior, rng, batch_size, labels, cond_codes, temperature, traced) -> (B, h, w) codes.
@@ -52,48 +51,8 @@ def check_sampling_inputs(
     cond_codes: Any,
     temperature: float,
 ) -> None:
-    """Host-side checks of everything a sampler is given (values too, not just shapes)."""
-    # numbers.Real covers Python and numpy scalars (np.float32 is not a float); a bool is not a temperature.
-    if (
-        isinstance(temperature, (bool, np.bool_))
-        or not isinstance(temperature, numbers.Real)
-        or not np.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise PixelCNNInputError(
-            f"temperature={temperature!r}: must be a finite number > 0 "
-            f"(1 samples the model's distribution, smaller values sharpen it)."
-        )
-    if len(shape) != 2 or min(shape) < 1:
-        raise PixelCNNInputError(f"shape={shape}: must be (height, width) of the code map.")
-    if (
-        isinstance(batch_size, (bool, np.bool_))
-        or not isinstance(batch_size, numbers.Integral)
-        or batch_size < 1
-    ):
-        raise PixelCNNInputError(f"batch_size={batch_size!r}: must be an integer >= 1.")
-    model.check_inputs((batch_size, *shape), labels, cond_codes)
-    if labels is not None:
-        values = np.asarray(labels)
-        if (
-            not np.issubdtype(values.dtype, np.integer)
-            or values.min() < 0
-            or values.max() >= model.num_classes
-        ):
-            raise PixelCNNInputError(
-                f"labels {values.tolist()[:16]}: must be integers in [0, num_classes={model.num_classes})."
-            )
-    if cond_codes is not None:
-        values = np.asarray(cond_codes)
-        if (
-            not np.issubdtype(values.dtype, np.integer)
-            or values.min() < 0
-            or values.max() >= model.cond_num_codes
-        ):
-            raise PixelCNNInputError(
-                f"Conditioning codes must be integers in [0, {model.cond_num_codes}); got "
-                f"values in [{values.min()}, {values.max()}]."
-            )
+    """Host-side checks of everything a sampler is given (`checks.check_sampler_inputs`)."""
+    checks.check_sampler_inputs(model, shape, batch_size, labels, cond_codes, temperature, PixelCNNInputError)
 
 
 def _prepare(
