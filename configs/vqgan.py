@@ -21,8 +21,8 @@ digits (default) — the embedded scikit-learn digits (8x8 -> 4x4 codes, K=64, D
 mnist — 28x28 -> 7x7 codes with a small codebook (K=16, D=64; 196 bits per image), where an
   L2-trained VQ-VAE's reconstructions are visibly blurry; the encoder and decoder of
   configs/vqvae.py:mnist (128 channels, 2 residual blocks of 32), EMA codebook, Adam 3e-4,
-  batch 128, 6000 steps; a two-layer PatchGAN (5x5 logits, 64 channels, BatchNorm) from step
-  2000. Reads the canonical idx files:
+  batch 64, 3000 steps (3.2 epochs); a two-layer PatchGAN (5x5 logits, 64 channels, BatchNorm)
+  from step 1000. Reads the canonical idx files:
     python -m vqlatent.main --config=configs/vqgan.py:mnist \
       --config.data.manual_dir=/path/to/mnist_idx_files --workdir=/tmp/vqgan_mnist
     python -m vqlatent.main --config=configs/vqgan.py:mnist,loss=l2 \
@@ -67,7 +67,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         discriminator = dict(num_layers=1, channels=32)
     else:
         config.data = cfg_lib.data_config("mnist_idx")
-        num_codes, batch_size, steps, eval_every, disc_start = 16, 128, 6000, 1000, 2000
+        num_codes, batch_size, steps, eval_every, disc_start = 16, 64, 3000, 500, 1000
         discriminator = dict(num_layers=2, channels=64)
     config.model = ml_collections.ConfigDict(model)
     config.quantizer = cfg_lib.quantizer_config(opts["quantizer"], num_codes, model["embedding_dim"])

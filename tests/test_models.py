@@ -525,3 +525,47 @@ def test_portable_programs_run_with_plain_jax(runs, tmp_path):
     np.testing.assert_allclose(
         out["generated"], gan.generate([1, 2, 3], [[0.5, -0.5]] * 3, seed=2), atol=1e-5
     )
+
+
+def test_a_prior_trained_on_an_exported_models_codes_samples_above_the_exports_lower_prior(runs, tmp_path):
+    export_dir = str(tmp_path / "chain")
+    main_lib.run(_mode_config("export", dir=export_dir, evaluate=False), runs["prior_top"], "export")
+    # The export's training data, encoded without its workdir: the codes `--mode=extract_codes` wrote.
+    codes_dir = str(tmp_path / "codes")
+    main_lib.run(_mode_config("encode", input="training_data", output_dir=codes_dir), export_dir, "encode")
+    from vqlatent.codes import load_codes  # pylint: disable=g-import-not-at-top
+
+    for split in ("train", "eval"):
+        ours, theirs = (
+            load_codes(codes_dir, split).arrays(),
+            load_codes(f"{runs['vqvae2']}/codes", split).arrays(),
+        )
+        np.testing.assert_array_equal(ours["label"], theirs["label"])
+        for level in ("top", "bottom"):
+            np.testing.assert_array_equal(ours["codes"][level], theirs["codes"][level])
+    assert layout.read_json(os.path.join(codes_dir, layout.PROVENANCE))["checkpoint"]["workdir"] == export_dir
+
+    # A new top prior on those codes, sampled above the export's bottom prior (a model directory as
+    # a lower prior) and decoded by the export's autoencoder: as the workdirs' chain with that top.
+    top = str(tmp_path / "new_top")
+    train_tiny_prior(codes_dir, top, "digits,level=top")
+    mixed = vqlatent.load(top, lower_priors=f"bottom={export_dir}")
+    workdirs = vqlatent.load(top, lower_priors=f"bottom={runs['prior_bottom']}")
+    assert mixed.autoencoder.component.source == export_dir
+    a, b = mixed.sample(6, seed=3), workdirs.sample(6, seed=3)
+    for level in ("top", "bottom"):
+        np.testing.assert_array_equal(a.codes[level], b.codes[level])
+    np.testing.assert_array_equal(a.images, b.images)
+
+    with pytest.raises(fmt.ModelFormatError, match=r"none of level .middle."):
+        vqlatent.load(top, lower_priors=f"middle={export_dir}")
+    ae_export = str(tmp_path / "ae")
+    main_lib.run(_mode_config("export", dir=ae_export, evaluate=False), runs["vqvae2"], "export")
+    with pytest.raises(fmt.ModelFormatError, match=r"holds a autoencoder, not a prior chain"):
+        vqlatent.load(top, lower_priors=f"bottom={ae_export}")
+    with pytest.raises(ValueError, match=r"--config.encode.batch_size=0: must be >= 1"):
+        main_lib.run(
+            _mode_config("encode", input="training_data", output_dir=str(tmp_path / "c2"), batch_size=0),
+            export_dir,
+            "encode",
+        )

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from helpers import load_config, tiny_vqvae_config, train_tiny_prior
 
+import vqlatent
 from vqlatent import data as data_lib
 from vqlatent import main as main_lib
 from vqlatent.codes import dataset as codes_data
 from vqlatent.codes import layout
 from vqlatent.evaluation import sample_quality as sq
+from vqlatent.models import chain_eval
 from vqlatent.nets.pixelcnn import GatedPixelCNN, PixelCNNInputError
 from vqlatent.priors import check_sampling_inputs, generate, sampling
 from vqlatent.trainers import base, loop
@@ -283,3 +285,23 @@ def test_sample_images_are_the_hierarchy_sampler_and_decoder_batch_by_batch(pipe
         want_images = np.clip(np.asarray(decode(hierarchy.vq_state, want)), 0.0, 1.0)
         np.testing.assert_array_equal(codes["top"][start : start + 2], np.asarray(want["top"])[: len(chunk)])
         np.testing.assert_array_equal(images[start : start + 2], want_images[: len(chunk)])
+
+
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
+def test_a_loaded_chain_is_judged_as_sample_eval_judges_its_workdir(pipeline):
+    config, workdir = pipeline["prior"], pipeline["prior_workdir"]
+    expected = main_lib.run(config, workdir, "sample_eval")
+    chain = vqlatent.load(workdir)
+    metrics, images = chain_eval.evaluate_chain(chain, pipeline["clf_workdir"], per_class=3, batch_size=16)
+    np.testing.assert_array_equal(images, expected["samples"])
+    for key in ("sample_label_accuracy", "sample_frechet_distance", "floor_frechet_distance", "num_heldout"):
+        assert metrics[key] == expected[key], key
+    assert metrics["prior_kinds"] == {"top": "pixelcnn"} and metrics["sample_seconds"] > 0
+    with pytest.raises(chain_eval.ChainEvalError, match=r"per_class=0: must be an integer >= 1"):
+        chain_eval.evaluate_chain(chain, pipeline["clf_workdir"], per_class=0)
+    with pytest.raises(chain_eval.ChainEvalError, match="not a class -> codes -> pixels chain"):
+        chain_eval.evaluate_chain(vqlatent.load(pipeline["vq_workdir"]), pipeline["clf_workdir"])
+    with pytest.raises(ValueError, match="model_name='vqvae' run, not a classifier"):
+        chain_eval.evaluate_chain(chain, pipeline["vq_workdir"])
+    with pytest.raises(ValueError, match=r"num_steps=4\): only MaskGIT priors"):
+        chain.sample(2, num_steps=4)

@@ -17,6 +17,10 @@ MODEL is anything `vqlatent.load` takes: a training workdir, an export directory
   from class subfolders (sorted names -> 0, 1, ...); `train/` and `test/` subfolders give the splits,
   otherwise a fixed fraction (`encode.eval_fraction`, chosen by a hash of each file's path) is the
   eval split. Unreadable files are skipped and listed in `sources.json`.
+  `encode.input=training_data` encodes instead both splits of the dataset the model was trained on
+  (its recorded `data` config; `encode.manual_dir` / `encode.data_dir` say where its files are here),
+  exactly as `--mode=extract_codes` does in the training workdir: a prior can be trained on the codes
+  of an exported or pretrained model (`pretrained:mnist_vqvae2_chain`) without its workdir.
 - decode: codes (an .npz of {level: maps}, e.g. `--mode=sample`'s samples/codes.npz, or a codes
   dataset's split) -> one PNG per image and a grid.
 - reconstruct: a folder -> reconstructions (PNG, the files' relative paths) and `metrics.json` (MSE,
@@ -31,6 +35,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -38,12 +43,15 @@ from absl import logging
 
 from vqlatent import codes as codes_lib
 from vqlatent.codes import dataset as codes_dataset
+from vqlatent.codes import extract as extract_lib
 from vqlatent.codes import layout
+from vqlatent.data import sources as data_sources
 from vqlatent.evaluation import images as image_lib
 from vqlatent.models import evaluate, images_io, loading
 from vqlatent.models import export as export_lib
 from vqlatent.models.autoencoder import Autoencoder
 from vqlatent.models.prior_chain import PriorChain
+from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.utils import errors
 
 MODES = ("export", "encode", "decode", "reconstruct")
@@ -66,6 +74,8 @@ def default_configs() -> dict[str, ml_collections.ConfigDict]:
                 eval_fraction=0.05,
                 resize=True,
                 batch_size=256,
+                manual_dir=placeholder(str),
+                data_dir=placeholder(str),
             )
         ),
         "decode": ml_collections.ConfigDict(
@@ -175,8 +185,13 @@ def _in_batches(fn, images: np.ndarray, batch_size: int, desc: str):
     return np.concatenate(parts)
 
 
+TRAINING_DATA = "training_data"
+
+
 def encode_mode(config: ml_collections.ConfigDict, model_path: str) -> dict[str, Any]:
     options = _options(config, "encode", ("input", "output_dir"))
+    if options.input == TRAINING_DATA:
+        return _encode_training_data(options, model_path)
     fraction = options.eval_fraction
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
         raise ModeOptionError(f"--config.encode.eval_fraction={fraction!r}: must be in [0, 1).")
@@ -241,6 +256,38 @@ def encode_mode(config: ml_collections.ConfigDict, model_path: str) -> dict[str,
         layout.describe_levels(levels),
     )
     return {"output_dir": out_dir, "num_images": len(files), "skipped": skipped, "classes": classes}
+
+
+def _encode_training_data(options: Any, model_path: str) -> dict[str, Any]:
+    """Both splits of the model's training dataset -> a codes dataset (`extract.extract_codes`, which
+    resumes an interrupted run and records the model's directory and step as the codes' provenance)."""
+    model = _autoencoder(loading.load(model_path), "encode", model_path)
+    component = model.component
+    config = ml_collections.ConfigDict(component.config.to_dict())
+    for field in ("manual_dir", "data_dir"):
+        if options.get(field):
+            config.data[field] = os.path.abspath(options[field])
+    batch_size = int(options.batch_size)
+    if batch_size < 1:
+        raise ModeOptionError(f"--config.encode.batch_size={batch_size}: must be >= 1.")
+    try:
+        manifest = extract_lib.extract_codes(
+            codes_lib.as_code_model(model.task),
+            model.state,
+            config,
+            workdir=component.source,
+            step=component.step,
+            output_dir=options.output_dir,
+            mesh=mesh_lib.make_mesh(data=1, devices=jax.devices()[:1]),
+            batch_size=batch_size,
+        )
+    except (OSError, data_sources.DataError) as e:
+        raise ModeOptionError(
+            f"--config.encode.input={TRAINING_DATA}: the training data of {model_path} "
+            f"({config.data.get('name')!r}, manual_dir={config.data.get('manual_dir')!r}) could not be "
+            f"read ({e}). Point --config.encode.manual_dir (or data_dir) at its files on this machine."
+        ) from e
+    return {"output_dir": os.path.abspath(options.output_dir), "manifest": manifest}
 
 
 # -- decode -------------------------------------------------------------------------------

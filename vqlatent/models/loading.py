@@ -108,7 +108,7 @@ def _chain_from_workdir(path: str, step: int | None, lower_priors: str | None) -
     for level, lower_path in generate.parse_lower_priors(
         lower_priors or top.config.sample.get("lower_priors")
     ).items():
-        lower = comp_lib.from_workdir(f"prior_{level}", lower_path)
+        lower = _lower_prior(level, lower_path)
         if lower.task.level != level:
             raise ModelPathError(
                 f"config.sample.lower_priors: {lower_path} holds the prior of level {lower.task.level!r}, "
@@ -123,6 +123,26 @@ def _chain_from_workdir(path: str, step: int | None, lower_priors: str | None) -
     else:
         autoencoder = comp_lib.from_workdir("autoencoder", source, ae_step)
     return PriorChain(autoencoder, priors)
+
+
+def _lower_prior(level: str, path: str) -> comp_lib.Component:
+    """The prior of `level` from a training workdir, or from a chain's export or pretrained:NAME (so a
+    newly trained prior can be sampled above or below an exported chain's)."""
+    if not (path.startswith(PRETRAINED_PREFIX) or fmt.is_model_dir(path)):
+        return comp_lib.from_workdir(f"prior_{level}", path)
+    model = load(path)
+    if not isinstance(model, PriorChain):
+        raise ModelPathError(
+            f"config.sample.lower_priors: {path} holds a {model.family}, not a prior chain with a "
+            f"{level!r} prior."
+        )
+    for prior in model.priors:
+        if prior.task.level == level:
+            return prior
+    raise ModelPathError(
+        f"config.sample.lower_priors: the chain {path} has priors of levels "
+        f"{[p.task.level for p in model.priors]}, none of level {level!r}."
+    )
 
 
 def codes_checkpoint(path: str, spec: Any) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from vqlatent.codes import layout
 from vqlatent.models import batching
 from vqlatent.models.autoencoder import Autoencoder
 from vqlatent.models.components import Component
-from vqlatent.priors import generate
+from vqlatent.priors import generate, maskgit_sampling
 from vqlatent.utils import errors
 
 
@@ -106,8 +106,13 @@ class PriorChain:
         temperature: float = 1.0,
         seed: int = 0,
         batch_size: int | None = None,
+        num_steps: int | None = None,
     ) -> Samples:
-        """Draws `n` images (and their codes) for `labels` (default: the classes in turn)."""
+        """Draws `n` images (and their codes) for `labels` (default: the classes in turn).
+
+        `num_steps` sets the decoding steps T of every MaskGIT prior of the chain (default: each
+        prior's `config.sample.num_steps`); a chain without one refuses it.
+        """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SampleOptionError(f"sample(n={n!r}): n must be an integer >= 1.")
         if isinstance(temperature, bool) or not np.isfinite(temperature) or temperature <= 0:
@@ -128,13 +133,31 @@ class PriorChain:
             labels = labels.astype(np.int32)
         draw = labels if labels is not None else np.zeros((int(n),), np.int32)
         codes, images = generate.sample_images(
-            self._hierarchy,
+            self._with_num_steps(num_steps),
             draw,
             jax.random.PRNGKey(int(seed)),
             float(temperature),
             int(batch_size or self.batch_size),
         )
         return Samples(images=images.astype(np.float32), codes=codes, labels=labels)
+
+    def _with_num_steps(self, num_steps: int | None) -> _Hierarchy:
+        if num_steps is None:
+            return self._hierarchy
+        kinds = [spec.get("kind", "pixelcnn") for spec in self._hierarchy.priors]
+        if "maskgit" not in kinds:
+            raise SampleOptionError(
+                f"sample(num_steps={num_steps!r}): only MaskGIT priors take a number of decoding steps, "
+                f"and this chain's priors are {kinds}; leave num_steps=None."
+            )
+        maskgit_sampling.check_decode_options(num_steps, 1.0, "cosine")
+        priors = [
+            {**spec, "decode": {**spec["decode"], "num_steps": int(num_steps)}}
+            if spec.get("kind") == "maskgit"
+            else spec
+            for spec in self._hierarchy.priors
+        ]
+        return dataclasses.replace(self._hierarchy, priors=priors)
 
     def bits_per_code(self, codes: Any, labels: Any = None) -> dict[str, np.ndarray]:
         """{level: (B,) mean -log2 p(code) over the level's positions} of each prior (eq. 1 of the

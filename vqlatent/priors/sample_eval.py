@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -54,6 +55,74 @@ def _classify_real_images(classify: Any, state: base.TrainState, data_config: An
     return np.concatenate(logits), np.concatenate(features), np.concatenate(labels)
 
 
+def check_classifier(
+    classifier: workdir_lib.Workdir, where: str, num_classes: int, image_shape: Any, model: str
+) -> None:
+    """A classifier of the samples' image shape and classes, else a ValueError naming both."""
+    image_shape = tuple(image_shape)
+    if classifier.task.num_classes != num_classes or tuple(classifier.spec.image_shape) != image_shape:
+        raise ValueError(
+            f"The classifier in {where!r} takes {tuple(classifier.spec.image_shape)} images of "
+            f"{classifier.task.num_classes} classes, but the samples are {image_shape} images of "
+            f"{num_classes} classes (the autoencoder in {model}): train the classifier on the "
+            f"autoencoder's dataset."
+        )
+
+
+def judge_samples(
+    draw: Callable[[np.ndarray], np.ndarray],
+    classifier: workdir_lib.Workdir,
+    clf_state: base.TrainState,
+    data_config: Any,
+    num_classes: int,
+    per_class: int,
+    batch_size: int,
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Draws `per_class` samples per class with `draw(labels) -> uint8 images` and judges them with
+    the classifier against the real eval split of `data_config`; returns (metrics, images, labels).
+
+    The real images are classified first, so a split too small for `per_class` fails before any
+    sampling. Metrics: see `sample_eval_mode`.
+    """
+    # Images as the loop hands them to a model: uint8 batches become float32 in [0, 1] on the device.
+    classify = jax.jit(lambda state, images: classifier.task.classify(state, images_to_float(images)))
+    real_logits, real_features, real_labels = _classify_real_images(
+        classify, clf_state, data_config, batch_size
+    )
+    reference, heldout = sample_quality.split_reference_and_heldout(real_labels, per_class, num_classes)
+    reference_stats = sample_quality.gaussian_statistics(real_features[reference])
+
+    labels = generate.class_labels(num_classes, per_class)
+    images = draw(labels)
+    sample_logits, sample_features = _classify(classify, clf_state, images, batch_size)
+    sample_predictions = sample_quality.predicted_labels(sample_logits)
+    real_predictions = sample_quality.predicted_labels(real_logits)
+    metrics = {
+        "sample_label_accuracy": sample_quality.label_accuracy(sample_predictions, labels),
+        "sample_frechet_distance": sample_quality.frechet_distance(
+            *sample_quality.gaussian_statistics(sample_features), *reference_stats
+        ),
+        "floor_label_accuracy": sample_quality.label_accuracy(
+            real_predictions[heldout], real_labels[heldout]
+        ),
+        "floor_frechet_distance": sample_quality.frechet_distance(
+            *sample_quality.gaussian_statistics(real_features[heldout]), *reference_stats
+        ),
+        "classifier_test_accuracy": sample_quality.label_accuracy(real_predictions, real_labels),
+        "sample_per_class_accuracy": sample_quality.per_class_accuracy(
+            sample_predictions, labels, num_classes
+        ),
+        "num_samples": len(labels),
+        "eval_per_class": per_class,
+        "num_reference": len(reference),
+        "num_heldout": len(heldout),
+        "feature_dim": int(sample_features.shape[1]),
+        "batch_size": batch_size,
+        "classifier_step": int(clf_state.step),
+    }
+    return metrics, images, labels
+
+
 def sample_eval_mode(top: workdir_lib.Workdir) -> dict[str, Any]:
     """`--mode=sample_eval` of the top prior `top` (its config, task and workdir).
 
@@ -89,64 +158,31 @@ def sample_eval_mode(top: workdir_lib.Workdir) -> dict[str, Any]:
         classifier_workdir, "sample.classifier_workdir", "--mode=sample_eval"
     )
     hierarchy = generate.load_hierarchy(top)
-    image_shape = tuple(hierarchy.vq.spec.image_shape)
-    if classifier.task.num_classes != num_classes or tuple(classifier.spec.image_shape) != image_shape:
-        raise ValueError(
-            f"config.sample.classifier_workdir={classifier_workdir!r}: the classifier takes "
-            f"{tuple(classifier.spec.image_shape)} images of {classifier.task.num_classes} classes, but the "
-            f"samples are {image_shape} images of {num_classes} classes (the VQ-VAE in "
-            f"{hierarchy.vq_workdir}): train the classifier on the VQ-VAE's dataset."
-        )
+    check_classifier(
+        classifier, classifier_workdir, num_classes, hierarchy.vq.spec.image_shape, hierarchy.vq_workdir
+    )
 
     per_class, batch_size = int(options.eval_per_class), int(options.batch_size)
-    # Images as the loop hands them to a model: uint8 batches become float32 in [0, 1] on the device.
-    classify = jax.jit(lambda state, images: classifier.task.classify(state, images_to_float(images)))
-    # The real images first: a split too small for eval_per_class fails before any sampling.
-    real_logits, real_features, real_labels = _classify_real_images(
-        classify, clf_state, hierarchy.vq.config.data, batch_size
-    )
-    reference, heldout = sample_quality.split_reference_and_heldout(real_labels, per_class, num_classes)
-    reference_stats = sample_quality.gaussian_statistics(real_features[reference])
 
-    labels = generate.class_labels(num_classes, per_class)
-    _, images = generate.sample_images(
-        hierarchy, labels, jax.random.PRNGKey(options.seed), float(options.temperature), batch_size
-    )
-    sample_logits, sample_features = _classify(classify, clf_state, images, batch_size)
-    sample_predictions = sample_quality.predicted_labels(sample_logits)
-    real_predictions = sample_quality.predicted_labels(real_logits)
+    def draw(labels: np.ndarray) -> np.ndarray:
+        key = jax.random.PRNGKey(options.seed)
+        return generate.sample_images(hierarchy, labels, key, float(options.temperature), batch_size)[1]
 
-    metrics = {
-        "sample_label_accuracy": sample_quality.label_accuracy(sample_predictions, labels),
-        "sample_frechet_distance": sample_quality.frechet_distance(
-            *sample_quality.gaussian_statistics(sample_features), *reference_stats
-        ),
-        "floor_label_accuracy": sample_quality.label_accuracy(
-            real_predictions[heldout], real_labels[heldout]
-        ),
-        "floor_frechet_distance": sample_quality.frechet_distance(
-            *sample_quality.gaussian_statistics(real_features[heldout]), *reference_stats
-        ),
-        "classifier_test_accuracy": sample_quality.label_accuracy(real_predictions, real_labels),
-        "sample_per_class_accuracy": sample_quality.per_class_accuracy(
-            sample_predictions, labels, num_classes
-        ),
-        "num_samples": len(labels),
-        "eval_per_class": per_class,
-        "num_reference": len(reference),
-        "num_heldout": len(heldout),
-        "feature_dim": int(sample_features.shape[1]),
-        "temperature": float(options.temperature),
-        "seed": int(options.seed),
-        "batch_size": batch_size,
-        "prior_workdirs": dict(zip([p["level"] for p in hierarchy.priors], hierarchy.prior_workdirs)),
-        "prior_step": hierarchy.prior_step,
-        "vqvae_workdir": hierarchy.vq_workdir,
-        "vqvae_step": hierarchy.vq_step,
-        "classifier_workdir": classifier_workdir,
-        "classifier_step": int(clf_state.step),
-        "seconds": time.time() - start_time,
-    }
+    metrics, images, labels = judge_samples(
+        draw, classifier, clf_state, hierarchy.vq.config.data, num_classes, per_class, batch_size
+    )
+    metrics.update(
+        {
+            "temperature": float(options.temperature),
+            "seed": int(options.seed),
+            "prior_workdirs": dict(zip([p["level"] for p in hierarchy.priors], hierarchy.prior_workdirs)),
+            "prior_step": hierarchy.prior_step,
+            "vqvae_workdir": hierarchy.vq_workdir,
+            "vqvae_step": hierarchy.vq_step,
+            "classifier_workdir": classifier_workdir,
+            "seconds": time.time() - start_time,
+        }
+    )
     json_path = os.path.join(top.path, "eval", "sample_eval.json")
     image_path = os.path.join(top.path, "images", "sample_eval.png")
     if jax.process_index() == 0:

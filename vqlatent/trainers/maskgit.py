@@ -41,10 +41,8 @@ import optax
 
 from vqlatent.codes import layout
 from vqlatent.nets.maskgit import MaskGITInputError, MaskGITTransformer, mask_ratio, upsample_factor
-from vqlatent.priors import generate, sample_eval
+from vqlatent.priors.task import PriorTask
 from vqlatent.trainers import base
-from vqlatent.trainers import workdir as workdir_lib
-from vqlatent.trainers.optim import make_optimizer
 
 
 def ranks(scores: jax.Array) -> jax.Array:
@@ -126,17 +124,16 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[MaskGITTr
     return model, prior.level, cond_level
 
 
-class Task(base.Task):
+class Task(PriorTask):
     """A MaskGIT prior over one level of a codes dataset."""
 
+    kind = "maskgit"
     # No tractable likelihood: `vqlatent.models.PriorChain.bits_per_code` leaves this prior out.
     has_likelihood = False
     description = "MaskGIT bidirectional transformer"
 
     def __init__(self, config: ml_collections.ConfigDict, spec: Any):
-        super().__init__(config, spec)
-        self.model, self.level, self.cond_level = build_model(config, spec)
-        self.code_shape = tuple(spec.levels[self.level].shape)
+        super().__init__(config, spec, build_model)
         self.num_positions = int(np.prod(self.code_shape))
         self.schedule = config.prior.schedule
         mask_ratio(0.5, self.schedule)  # A clear error for an unknown schedule, before any compile.
@@ -145,34 +142,6 @@ class Task(base.Task):
             raise MaskGITInputError(
                 f"config.prior.eval_mask_ratios={self.eval_ratios}: give one or more ratios in (0, 1]."
             )
-        self.tx = make_optimizer(config.optimizer, config.num_train_steps)
-
-    def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
-        batch = {
-            layout.code_key(n): np.zeros((batch_size, *s.shape), np.int32)
-            for n, s in self.spec.levels.items()
-        }
-        batch["label"] = np.zeros((batch_size,), np.int32)
-        return batch
-
-    def model_inputs(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, Any, Any]:
-        """(codes, labels or None, conditioning codes or None) of a batch."""
-        codes = batch[layout.code_key(self.level)]
-        labels = batch["label"] if self.model.num_classes else None
-        cond = batch[layout.code_key(self.cond_level)] if self.cond_level else None
-        return codes, labels, cond
-
-    def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
-        params_rng, state_rng = jax.random.split(rng)
-        with jax.threefry_partitionable(False):  # Fast init compile on XLA:CPU (see trainers/autoencoder.py).
-            params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
-        return base.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=self.tx.init(params),
-            model_state={},
-            rng=state_rng,
-        )
 
     def masked_cross_entropy(self, params, batch: Mapping[str, jax.Array], mask: jax.Array) -> jax.Array:
         """(B, N) cross-entropy in nats at the positions where `mask` (B, N) is True, 0 elsewhere; the
@@ -218,25 +187,10 @@ class Task(base.Task):
         out["masked_bits_per_code"] = float(np.mean(per_ratio)) / float(np.log(2.0))
         return out
 
-    def modes(self) -> dict[str, Any]:
-        return {
-            "sample": lambda runner: generate.sample_mode(workdir_lib.from_runner(runner)),
-            "sample_eval": lambda runner: sample_eval.sample_eval_mode(workdir_lib.from_runner(runner)),
-        }
-
     def decode_options(self) -> dict[str, Any]:
         """The decoding options of `config.sample` (`vqlatent.priors.maskgit_sampling`)."""
         s = self.config.sample
         return {"num_steps": s.num_steps, "choice_temperature": s.choice_temperature, "schedule": s.schedule}
 
     def prior_spec(self, state: base.TrainState) -> dict[str, Any]:
-        """This prior as one entry of `vqlatent.priors.sampling.sample_hierarchy`."""
-        return {
-            "kind": "maskgit",
-            "level": self.level,
-            "model": self.model,
-            "variables": {"params": state.params},
-            "shape": self.code_shape,
-            "conditioning_level": self.cond_level,
-            "decode": self.decode_options(),
-        }
+        return {**super().prior_spec(state), "decode": self.decode_options()}

@@ -39,13 +39,9 @@ import ml_collections
 import numpy as np
 import optax
 
-from vqlatent import backend
-from vqlatent.codes import layout
 from vqlatent.nets.pixelcnn import GatedPixelCNN
-from vqlatent.priors import generate, sample_eval
+from vqlatent.priors.task import PriorTask
 from vqlatent.trainers import base
-from vqlatent.trainers import workdir as workdir_lib
-from vqlatent.trainers.optim import make_optimizer
 
 
 def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[GatedPixelCNN, str, str | None]:
@@ -97,41 +93,13 @@ def build_model(config: ml_collections.ConfigDict, spec: Any) -> tuple[GatedPixe
     return model, prior.level, cond_level
 
 
-class Task(base.Task):
+class Task(PriorTask):
     """A PixelCNN prior over one level of a codes dataset."""
 
+    kind = "pixelcnn"
+
     def __init__(self, config: ml_collections.ConfigDict, spec: Any):
-        super().__init__(config, spec)
-        self.model, self.level, self.cond_level = build_model(config, spec)
-        self.code_shape = tuple(spec.levels[self.level].shape)
-        self.tx = make_optimizer(config.optimizer, config.num_train_steps)
-
-    def dummy_batch(self, batch_size: int = 1) -> dict[str, np.ndarray]:
-        batch = {
-            layout.code_key(n): np.zeros((batch_size, *s.shape), np.int32)
-            for n, s in self.spec.levels.items()
-        }
-        batch["label"] = np.zeros((batch_size,), np.int32)
-        return batch
-
-    def model_inputs(self, batch: Mapping[str, jax.Array]) -> tuple[jax.Array, Any, Any]:
-        """(codes, labels or None, conditioning codes or None) of a batch."""
-        codes = batch[layout.code_key(self.level)]
-        labels = batch["label"] if self.model.num_classes else None
-        cond = batch[layout.code_key(self.cond_level)] if self.cond_level else None
-        return codes, labels, cond
-
-    def init_state(self, rng: jax.Array, batch: Mapping[str, jax.Array]) -> base.TrainState:
-        params_rng, state_rng = jax.random.split(rng)
-        with backend.initializer_rng():
-            params = self.model.init(params_rng, *self.model_inputs(batch))["params"]
-        return base.TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=self.tx.init(params),
-            model_state={},
-            rng=state_rng,
-        )
+        super().__init__(config, spec, build_model)
 
     def nll_per_example(self, params, batch: Mapping[str, jax.Array]) -> jax.Array:
         """(B,) mean over positions of -log p(x_ij | x_<ij, y, c), in nats (eq. 1)."""
@@ -154,20 +122,3 @@ class Task(base.Task):
         n = float(totals["num_examples"])
         nll = float(totals["nll_sum"]) / n
         return {"nll_per_code": nll, "bits_per_code": nll / float(np.log(2.0)), "num_examples": int(n)}
-
-    def modes(self) -> dict[str, Any]:
-        return {
-            "sample": lambda runner: generate.sample_mode(workdir_lib.from_runner(runner)),
-            "sample_eval": lambda runner: sample_eval.sample_eval_mode(workdir_lib.from_runner(runner)),
-        }
-
-    def prior_spec(self, state: base.TrainState) -> dict[str, Any]:
-        """This prior as one entry of `vqlatent.priors.sampling.sample_hierarchy`."""
-        return {
-            "kind": "pixelcnn",
-            "level": self.level,
-            "model": self.model,
-            "variables": {"params": state.params},
-            "shape": self.code_shape,
-            "conditioning_level": self.cond_level,
-        }
