@@ -17,13 +17,16 @@ import numpy as np
 import pytest
 from helpers import REPO_ROOT, load_config, run_steps
 
+import vqlatent
 from vqlatent import data as data_lib
+from vqlatent import main as main_lib
 from vqlatent.data.sources import DatasetSpec
-from vqlatent.models import reconstruction_fd
+from vqlatent.models import cli_config, reconstruction_fd
 from vqlatent.nets import lpips as lpips_lib
 from vqlatent.nets.discriminator import PatchDiscriminator, patch_grid_size
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import loop
+from vqlatent.trainers import workdir as workdir_lib
 from vqlatent.trainers.base import make_task
 from vqlatent.utils.errors import UserError
 from vqlatent.vqgan import losses
@@ -320,6 +323,22 @@ def test_resume_is_bit_exact_with_both_networks_and_evaluates_like_the_autoencod
         metrics = json.load(f)
     assert {"mse", "psnr", "ssim", "codebook_usage", "perplexity"} <= set(metrics)
     assert os.path.exists(os.path.join(resumed_dir, "images", "reconstructions.png"))
+
+
+def test_a_vqgan_workdir_loads_and_exports_as_an_autoencoder(resumed_runs, tmp_path):
+    resumed_dir, _, clean = resumed_runs
+    model = vqlatent.load(resumed_dir)
+    images = (np.random.default_rng(0).random((5, 8, 8, 1)) * 255).astype(np.uint8)
+    run = workdir_lib.load(resumed_dir)
+    state, _ = run.restore()
+    expected = jax.device_get(jax.jit(run.task.encode_codes)(state, images.astype(np.float32) / 255))
+    for level, codes in model.encode(images).items():
+        np.testing.assert_array_equal(codes, expected[level])
+    export_dir = str(tmp_path / "export")
+    config = cli_config.get_config()
+    config.export.update(dict(dir=export_dir, evaluate=False))
+    main_lib.run(config, resumed_dir, "export")
+    np.testing.assert_array_equal(vqlatent.load(export_dir).reconstruct(images), model.reconstruct(images))
 
 
 def test_reconstruction_frechet_distance_maths():

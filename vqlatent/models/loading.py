@@ -25,7 +25,7 @@ from vqlatent.models.prior_chain import PriorChain
 from vqlatent.priors import generate
 from vqlatent.trainers import workdir as workdir_lib
 
-AUTOENCODER_TASKS = ("vqvae", "vqvae2", "autoencoder")
+AUTOENCODER_TASKS = ("vqvae", "vqvae2", "autoencoder", "vqgan")
 PRIOR_TASKS = ("pixelcnn", "maskgit")
 PRETRAINED_PREFIX = "pretrained:"
 
@@ -92,7 +92,7 @@ def load_workdir(path: str, step: int | None = None, lower_priors: str | None = 
     if name in PRIOR_TASKS:
         return _chain_from_workdir(path, step, lower_priors)
     raise ModelPathError(
-        f"{path} holds a {name!r} model; vqlatent.load loads autoencoders (vqvae, vqvae2), prior chains "
+        f"{path} holds a {name!r} model; vqlatent.load loads autoencoders (vqvae, vqvae2, vqgan), prior chains "
         f"(PixelCNN or MaskGIT: the top prior's workdir) and InfoGAN."
     )
 
