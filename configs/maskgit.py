@@ -22,7 +22,8 @@ mnist — 28x28: top 7x7 / bottom 14x14 codes, K=512; width 128, MLP 432, 4 bloc
   (bottom): 850,368 / 1,112,432 parameters (PixelCNN: 844,416 / 1,108,544). Sample
   quality as for the PixelCNN (`--mode=sample_eval --config.sample.classifier_workdir=...`); the
   lower priors may be PixelCNNs or MaskGITs (`sample.lower_priors=bottom=WORKDIR` names any prior's
-  workdir). No measured run yet (docs/results.md).
+  workdir). Measured as the top prior of pretrained:mnist_vqvae2_chain against a PixelCNN
+  (docs/results.md; `bash scripts/maskgit_mnist_comparison.sh RUNS MNIST`).
 
 Decoding (`config.sample`): num_steps (T, 8), choice_temperature (4.5, the paper's), schedule
 ('cosine'); each MaskGIT prior of a chain decodes with its own config's options, except that a

@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 
 from vqlatent import data as data_lib
 from vqlatent.data.device import to_model_input
-from vqlatent.parallel import distributed
+from vqlatent.parallel import dispatch, distributed
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers import autoencoder as vqvae_trainer
 from vqlatent.trainers import loop
@@ -131,6 +131,47 @@ def _restore(runner, workdir, step):
     state, _ = checkpointer.restore(step, runner.abstract_state(), with_data=False)
     checkpointer.close()
     return state
+
+
+# -- dispatch ------------------------------------------------------------------
+
+
+def test_an_eight_device_all_reduce_loop_in_the_dispatch_window_finishes():
+    # Unbounded, this loop deadlocks XLA:CPU (the PJRT client admits 32 computations per device;
+    # vqlatent/parallel/dispatch.py): run in a child process that XLA would end after 60 s.
+    env = subprocess_env(8)
+    flags = [f for f in env["XLA_FLAGS"].split() if "collective_call_terminate_timeout" not in f]
+    env["XLA_FLAGS"] = " ".join([*flags, "--xla_cpu_collective_call_terminate_timeout_seconds=60"])
+    result = subprocess.run(
+        [sys.executable, "experiments/cpu_collective_runahead.py", "--window=8", "--steps=300"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "devices=8 window=8 steps=300 w[0,0]=300.5 expected=300.5" in result.stdout, result.stdout
+
+
+def test_the_loop_keeps_at_most_a_window_of_steps_in_flight(tmp_path, data_dir, monkeypatch):
+    sizes = []
+    push = dispatch.DispatchWindow.push
+
+    def recording_push(self, outputs):
+        push(self, outputs)
+        sizes.append(len(self))
+
+    monkeypatch.setattr(dispatch.DispatchWindow, "push", recording_push)
+    config = tiny_vqvae_config(data_dir)
+    config.update(
+        dict(num_train_steps=10, eval_every_steps=10, checkpoint_every_steps=10, log_every_steps=10)
+    )
+    loop.train_and_evaluate(config, str(tmp_path / "w"))
+    assert len(sizes) > 10, sizes  # The 10 steps, then the evaluation's batches.
+    assert sizes[:10] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8], sizes  # dispatch.STEPS_IN_FLIGHT = 8.
+    with pytest.raises(ValueError, match=r"DispatchWindow\(size=0\): size must be at least 1"):
+        dispatch.DispatchWindow(0)
 
 
 # -- mesh and fsdp -------------------------------------------------------------

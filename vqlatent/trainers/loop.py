@@ -59,7 +59,7 @@ from vqlatent import data as data_lib
 from vqlatent.codes import dataset as codes_dataset
 from vqlatent.data.device import to_model_input
 from vqlatent.evaluation import images as image_lib
-from vqlatent.parallel import distributed
+from vqlatent.parallel import dispatch, distributed
 from vqlatent.parallel import mesh as mesh_lib
 from vqlatent.trainers.base import GRID_COLUMNS, Task, TrainState, make_task
 from vqlatent.utils import checkpoint as ckpt_lib
@@ -205,10 +205,12 @@ class Runner:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
+        in_flight = dispatch.DispatchWindow()
         for local_batch in batches:
             batch = mesh_lib.shard_batch(local_batch, self.mesh)
             sums = self._eval_step(state, batch)
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+            totals = sums if totals is None else _add(totals, sums)
+            in_flight.push(totals)
             if first is None:
                 first = batch
         if totals is None:
@@ -249,6 +251,12 @@ class Runner:
             f" (written to {path})" if path else "",
         )
         return metrics
+
+
+@jax.jit
+def _add(totals: Any, sums: Any) -> Any:
+    """The eval sums so far plus one batch's, as one program (one dispatch per batch)."""
+    return jax.tree.map(jnp.add, totals, sums)
 
 
 def _on_all_processes(value: bool) -> bool:
@@ -410,12 +418,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trai
                 logging.info("Step %d has no evaluation (the run stopped before it): evaluating.", start_step)
                 runner.evaluate(state, start_step, writer)
             restart_window()
+            in_flight = dispatch.DispatchWindow()
             while step < config.num_train_steps:
                 wait_start = time.perf_counter()
                 local_batch = next(train_iter)  # Prefetched by grain's threads (data.prefetch batches).
                 window["data_wait"] += time.perf_counter() - wait_start
                 batch = mesh_lib.shard_batch(local_batch, runner.mesh)
                 state, metrics = train_step(state, batch)
+                in_flight.push(metrics)
                 step += 1
                 checkpointer.poll()  # A failed asynchronous save stops the run here.
                 pending.append((step, metrics))
