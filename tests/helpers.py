@@ -78,8 +78,9 @@ def tiny_vqvae2_config(data_dir: str, num_train_steps: int = 1):
     return config
 
 
-def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits"):
-    """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step.
+def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits", seed: int | None = None):
+    """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step
+    (from `seed`, or the config's).
 
     Returns the config (for `vqlatent.main.run(config, workdir, mode)`).
     """
@@ -98,6 +99,8 @@ def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits"):
         )
     )
     config.data.num_workers = 1
+    if seed is not None:
+        config.seed = seed
     loop.train_and_evaluate(config, workdir)
     return config
 

@@ -557,12 +557,31 @@ def test_a_prior_trained_on_an_exported_models_codes_samples_above_the_exports_l
         np.testing.assert_array_equal(a.codes[level], b.codes[level])
     np.testing.assert_array_equal(a.images, b.images)
 
+    # The other way round: a new bottom prior below the export's own top prior, in place of the
+    # export's bottom prior; as the workdirs' chain with that bottom.
+    bottom = str(tmp_path / "new_bottom")
+    train_tiny_prior(codes_dir, bottom, "digits,level=bottom", seed=1)
+    replaced = vqlatent.load(export_dir, lower_priors=f"bottom={bottom}")
+    assert [p.task.level for p in replaced.priors] == ["top", "bottom"]
+    a = replaced.sample(6, seed=3)
+    b = vqlatent.load(runs["prior_top"], lower_priors=f"bottom={bottom}").sample(6, seed=3)
+    c = vqlatent.load(export_dir).sample(6, seed=3)
+    np.testing.assert_array_equal(a.codes["top"], c.codes["top"])  # The export's own top prior.
+    for level in ("top", "bottom"):
+        np.testing.assert_array_equal(a.codes[level], b.codes[level])
+    np.testing.assert_array_equal(a.images, b.images)
+    assert not np.array_equal(a.codes["bottom"], c.codes["bottom"])
+
     with pytest.raises(fmt.ModelFormatError, match=r"none of level .middle."):
         vqlatent.load(top, lower_priors=f"middle={export_dir}")
+    with pytest.raises(fmt.ModelFormatError, match=r"names level 'top', the top prior of"):
+        vqlatent.load(export_dir, lower_priors=f"top={top}")
     ae_export = str(tmp_path / "ae")
     main_lib.run(_mode_config("export", dir=ae_export, evaluate=False), runs["vqvae2"], "export")
     with pytest.raises(fmt.ModelFormatError, match=r"holds a autoencoder, not a prior chain"):
         vqlatent.load(top, lower_priors=f"bottom={ae_export}")
+    with pytest.raises(fmt.ModelFormatError, match=r"holds a autoencoder: only a prior chain has lower"):
+        vqlatent.load(ae_export, lower_priors=f"bottom={bottom}")
     with pytest.raises(ValueError, match=r"--config.encode.batch_size=0: must be >= 1"):
         main_lib.run(
             _mode_config("encode", input="training_data", output_dir=str(tmp_path / "c2"), batch_size=0),

@@ -1,5 +1,6 @@
 r"""`--mode=sample_eval` for any class -> codes -> pixels chain `vqlatent.load` takes: a top prior's
-workdir, an export or pretrained:NAME, with lower priors from workdirs or from another chain.
+workdir, an export or pretrained:NAME, with lower priors from workdirs or from another chain (in place
+of an export's own with --lower_priors).
 
   python -m vqlatent.models.chain_eval --model=M --classifier_workdir=C --output_dir=OUT \
       [--lower_priors=bottom=pretrained:mnist_vqvae2_chain] [--num_steps=T] [--temperature=1.0] \

@@ -36,13 +36,14 @@ class ModelPathError(fmt.ModelFormatError):
 
 def load(path: str, step: int | None = None, lower_priors: str | None = None) -> Any:
     """The model at `path` (see the module docstring); `step` picks a workdir's checkpoint, and
-    `lower_priors` ('bottom=WORKDIR[,...]') a top prior's lower priors instead of its config's
-    `sample.lower_priors`."""
+    `lower_priors` ('bottom=PATH[,...]': workdirs, exports or pretrained:NAME) a chain's lower priors
+    instead of its config's `sample.lower_priors` (a top prior's workdir) or its own (an export)."""
     path = str(path)
     if path.startswith(PRETRAINED_PREFIX):
         if step is not None:
             raise ModelPathError(f"step={step} was given for {path}: a pretrained model has one step.")
-        return load_model_dir(pretrained.path(path[len(PRETRAINED_PREFIX) :]))
+        model = load_model_dir(pretrained.path(path[len(PRETRAINED_PREFIX) :]))
+        return _with_lower_priors(model, path, lower_priors) if lower_priors else model
     if not os.path.isdir(path):
         raise ModelPathError(
             f"{path!r} is not a directory: give a model directory (--mode=export), a training workdir, "
@@ -53,7 +54,8 @@ def load(path: str, step: int | None = None, lower_priors: str | None = None) ->
             raise ModelPathError(
                 f"step={step} was given for the model directory {path}, which holds one step."
             )
-        return load_model_dir(path)
+        model = load_model_dir(path)
+        return _with_lower_priors(model, path, lower_priors) if lower_priors else model
     if os.path.isfile(os.path.join(path, "config.json")):
         return load_workdir(path, step, lower_priors)
     raise ModelPathError(
@@ -108,13 +110,7 @@ def _chain_from_workdir(path: str, step: int | None, lower_priors: str | None) -
     for level, lower_path in generate.parse_lower_priors(
         lower_priors or top.config.sample.get("lower_priors")
     ).items():
-        lower = _lower_prior(level, lower_path)
-        if lower.task.level != level:
-            raise ModelPathError(
-                f"config.sample.lower_priors: {lower_path} holds the prior of level {lower.task.level!r}, "
-                f"not {level!r}."
-            )
-        priors.append(lower)
+        priors.append(_lower_prior(level, lower_path))
     checkpoint = codes_checkpoint(path, top.spec)
     source, ae_step = checkpoint["workdir"], checkpoint.get("step")
     if fmt.is_model_dir(source):
@@ -125,11 +121,36 @@ def _chain_from_workdir(path: str, step: int | None, lower_priors: str | None) -
     return PriorChain(autoencoder, priors)
 
 
+def _with_lower_priors(model: Any, path: str, lower_priors: str) -> PriorChain:
+    """An exported chain with the lower priors `lower_priors` names in place of (or beside) its own:
+    e.g. a newly trained bottom prior below pretrained:NAME's top prior."""
+    if not isinstance(model, PriorChain):
+        raise ModelPathError(
+            f"lower_priors={lower_priors!r} was given for {path}, which holds a {model.family}: only a "
+            f"prior chain has lower priors. Leave lower_priors out."
+        )
+    replacements = generate.parse_lower_priors(lower_priors)
+    top, own = model.priors[0], {p.task.level: p for p in model.priors[1:]}
+    if top.task.level in replacements:
+        raise ModelPathError(
+            f"lower_priors={lower_priors!r} names level {top.task.level!r}, the top prior of {path}: "
+            f"lower_priors replaces the priors below it."
+        )
+    lower = {**own, **{level: _lower_prior(level, p) for level, p in replacements.items()}}
+    return PriorChain(model.autoencoder.component, [top, *lower.values()])
+
+
 def _lower_prior(level: str, path: str) -> comp_lib.Component:
     """The prior of `level` from a training workdir, or from a chain's export or pretrained:NAME (so a
     newly trained prior can be sampled above or below an exported chain's)."""
     if not (path.startswith(PRETRAINED_PREFIX) or fmt.is_model_dir(path)):
-        return comp_lib.from_workdir(f"prior_{level}", path)
+        prior = comp_lib.from_workdir(f"prior_{level}", path)
+        if prior.task.level != level:
+            raise ModelPathError(
+                f"config.sample.lower_priors: {path} holds the prior of level {prior.task.level!r}, "
+                f"not {level!r}."
+            )
+        return prior
     model = load(path)
     if not isinstance(model, PriorChain):
         raise ModelPathError(
