@@ -43,25 +43,25 @@ def load(path: str, step: int | None = None, lower_priors: str | None = None) ->
         if step is not None:
             raise ModelPathError(f"step={step} was given for {path}: a pretrained model has one step.")
         model = load_model_dir(pretrained.path(path[len(PRETRAINED_PREFIX) :]))
-        return _with_lower_priors(model, path, lower_priors) if lower_priors else model
-    if not os.path.isdir(path):
+    elif not os.path.isdir(path):
         raise ModelPathError(
             f"{path!r} is not a directory: give a model directory (--mode=export), a training workdir, "
             f"or pretrained:NAME (one of {pretrained.names()})."
         )
-    if fmt.is_model_dir(path):
+    elif fmt.is_model_dir(path):
         if step is not None:
             raise ModelPathError(
                 f"step={step} was given for the model directory {path}, which holds one step."
             )
         model = load_model_dir(path)
-        return _with_lower_priors(model, path, lower_priors) if lower_priors else model
-    if os.path.isfile(os.path.join(path, "config.json")):
+    elif os.path.isfile(os.path.join(path, "config.json")):
         return load_workdir(path, step, lower_priors)
-    raise ModelPathError(
-        f"{path} holds no config.json: it is neither a model directory (--mode=export) nor a training "
-        f"workdir. Give the directory that holds config.json."
-    )
+    else:
+        raise ModelPathError(
+            f"{path} holds no config.json: it is neither a model directory (--mode=export) nor a training "
+            f"workdir. Give the directory that holds config.json."
+        )
+    return _with_lower_priors(model, path, lower_priors) if lower_priors else model
 
 
 def load_model_dir(path: str) -> Any:
