@@ -78,16 +78,25 @@ def tiny_vqvae2_config(data_dir: str, num_train_steps: int = 1):
     return config
 
 
-def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits", seed: int | None = None):
-    """`configs/pixelcnn.py:<arg>` on `codes_dir`, shrunk (8 channels, 2 layers) and trained 1 step
-    (from `seed`, or the config's).
+# The priors of train_tiny_prior, shrunk to a few hundred parameters.
+TINY_PRIOR_MODELS = {
+    "pixelcnn": dict(channels=8, num_layers=2, head_channels=8, cond_channels=4),
+    "maskgit": dict(width=16, num_layers=1, num_heads=2, mlp_dim=16),
+}
+
+
+def train_tiny_prior(
+    codes_dir: str, workdir: str, arg: str = "digits", seed: int | None = None, kind: str = "pixelcnn"
+):
+    """`configs/<kind>.py:<arg>` (a PixelCNN or MaskGIT prior) on `codes_dir`, shrunk
+    (TINY_PRIOR_MODELS; MaskGIT decodes in 3 steps) and trained 1 step (from `seed`, or the config's).
 
     Returns the config (for `vqlatent.main.run(config, workdir, mode)`).
     """
     from vqlatent.trainers import loop  # pylint: disable=g-import-not-at-top
 
-    config = load_config("pixelcnn", f"{arg},codes_dir={codes_dir}")
-    config.model.update(dict(channels=8, num_layers=2, head_channels=8, cond_channels=4))
+    config = load_config(kind, f"{arg},codes_dir={codes_dir}")
+    config.model.update(TINY_PRIOR_MODELS[kind])
     config.update(
         dict(
             batch_size=16,
@@ -99,6 +108,8 @@ def train_tiny_prior(codes_dir: str, workdir: str, arg: str = "digits", seed: in
         )
     )
     config.data.num_workers = 1
+    if kind == "maskgit":
+        config.sample.num_steps = 3
     if seed is not None:
         config.seed = seed
     loop.train_and_evaluate(config, workdir)

@@ -392,25 +392,6 @@ def test_training_resumes_exactly(tmp_path):
 # -- the chain: class -> codes -> pixels ----------------------------------------------------------
 
 
-def _train_tiny_maskgit(codes_dir, workdir, arg):
-    config = load_config("maskgit", f"{arg},codes_dir={codes_dir}")
-    config.model.update(dict(width=16, num_layers=1, num_heads=2, mlp_dim=16))
-    config.update(
-        dict(
-            batch_size=16,
-            num_train_steps=1,
-            eval_every_steps=0,
-            checkpoint_every_steps=1,
-            log_every_steps=1,
-            progress_bar=False,
-        )
-    )
-    config.data.num_workers = 1
-    config.sample.num_steps = 3
-    loop.train_and_evaluate(config, workdir)
-    return config
-
-
 def test_sample_mode_runs_the_chain_with_maskgit_and_pixelcnn_priors_mixed(tmp_path):
     from vqlatent import main as main_lib
     from vqlatent.models import loading
@@ -422,7 +403,9 @@ def test_sample_mode_runs_the_chain_with_maskgit_and_pixelcnn_priors_mixed(tmp_p
     codes_dir = f"{vq_workdir}/codes"
     maskgit = {
         level: (
-            _train_tiny_maskgit(codes_dir, str(tmp_path / f"maskgit_{level}"), f"digits,level={level}"),
+            train_tiny_prior(
+                codes_dir, str(tmp_path / f"maskgit_{level}"), f"digits,level={level}", kind="maskgit"
+            ),
             str(tmp_path / f"maskgit_{level}"),
         )
         for level in ("top", "bottom")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
+import subprocess
 import sys
+import time
 import types
 
 import chex
@@ -15,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, run_steps
+from helpers import REPO_ROOT, load_config, run_steps, subprocess_env
 
 import vqlatent
 from vqlatent import data as data_lib
@@ -296,40 +299,107 @@ def test_sharded_step_equals_single_device_step(data_dir):
 
 
 @pytest.fixture(scope="module")
-def resumed_runs(data_dir, tmp_path_factory):
-    """A run stopped at step 2 (as a killed run's last checkpoint) and resumed to 4, and a clean run
-    of 4 steps (LeCam on, the discriminator from step 1): (resumed workdir, resumed, clean)."""
-    root = tmp_path_factory.mktemp("vqgan_resume")
+def trained_run(data_dir, tmp_path_factory):
+    """A 4-step run (LeCam on, the discriminator from step 1) evaluated at its end: (workdir, state)."""
     config = tiny_config(data_dir, disc_start=1)
     config.loss.lecam_weight = 0.01  # With the LeCam averages in the state.
     config.eval_every_steps = 4
-    resumed_dir = str(root / "resumed")
-    config.num_train_steps = 2
-    loop.train_and_evaluate(config, resumed_dir)
-    config.num_train_steps = 4
-    resumed = loop.train_and_evaluate(config, resumed_dir)
-    config.eval_every_steps = 0  # Evaluations change nothing in the state.
-    clean = loop.train_and_evaluate(config, str(root / "clean"))
-    return resumed_dir, jax.device_get(resumed), jax.device_get(clean)
+    workdir = str(tmp_path_factory.mktemp("vqgan_run"))
+    state = loop.train_and_evaluate(config, workdir)
+    return workdir, jax.device_get(state)
 
 
-def test_resume_is_bit_exact_with_both_networks_and_evaluates_like_the_autoencoder(resumed_runs):
-    resumed_dir, resumed, clean = resumed_runs
-    assert int(resumed.step) == int(clean.step) == 4
-    assert set(clean.params) == {"autoencoder", "discriminator"}
-    assert set(clean.model_state) == {"autoencoder", "discriminator", "lecam"}
-    chex.assert_trees_all_equal(resumed, clean)  # Bit for bit: both networks, both Adams, BN, EMA, LeCam.
-    with open(os.path.join(resumed_dir, "eval", "metrics_00000004.json")) as f:
+def test_the_state_holds_both_networks_and_evaluation_is_the_autoencoders(trained_run):
+    workdir, state = trained_run
+    assert int(state.step) == 4
+    assert set(state.params) == {"autoencoder", "discriminator"}
+    assert set(state.model_state) == {"autoencoder", "discriminator", "lecam"}
+    with open(os.path.join(workdir, "eval", "metrics_00000004.json")) as f:
         metrics = json.load(f)
     assert {"mse", "psnr", "ssim", "codebook_usage", "perplexity"} <= set(metrics)
-    assert os.path.exists(os.path.join(resumed_dir, "images", "reconstructions.png"))
+    assert os.path.exists(os.path.join(workdir, "images", "reconstructions.png"))
 
 
-def test_a_vqgan_workdir_loads_and_exports_as_an_autoencoder(resumed_runs, tmp_path):
-    resumed_dir, _, clean = resumed_runs
-    model = vqlatent.load(resumed_dir)
+def _vqgan_command(workdir, data_dir, steps, cache_dir):
+    """`python -m vqlatent.main` for tiny_config's model: LeCam on, the discriminator from step 1;
+    one compilation cache for all runs (the first compiles, the others load)."""
+    overrides = {
+        "compilation_cache_dir": cache_dir,
+        "num_train_steps": steps,
+        "checkpoint_every_steps": 5,
+        "eval_every_steps": 0,
+        "log_every_steps": 5,
+        "progress_bar": False,
+        "batch_size": 16,
+        "data.data_dir": data_dir,
+        "data.num_workers": 1,
+        "loss.disc_start": 1,
+        "loss.lecam_weight": 0.01,
+        "model.num_hiddens": 16,
+        "model.num_residual_hiddens": 8,
+        "model.num_residual_layers": 1,
+        "model.embedding_dim": 8,
+        "model.discriminator.channels": 8,
+        "quantizer.embedding_dim": 8,
+        "quantizer.num_embeddings": 16,
+    }
+    return [
+        sys.executable,
+        "-m",
+        "vqlatent.main",
+        "--config=configs/vqgan.py",
+        f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
+
+
+def test_sigkill_then_rerun_resumes_bit_exactly_with_both_networks(data_dir, tmp_path):
+    """kill -9 after a checkpoint, then the same command again: the same state, bit for bit, as an
+    uninterrupted run (both networks, both optimizers, BatchNorm statistics, LeCam averages)."""
+    steps = 100
+    data_lib.get_spec(tiny_config(data_dir).data)  # Prepared before the timing-sensitive part.
+    killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
+    cache_dir = str(tmp_path / "compilation_cache")
+    env = subprocess_env()
+    proc = subprocess.Popen(
+        _vqgan_command(killed_dir, data_dir, steps, cache_dir),
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt_dir = killed_dir / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:  # Wait for a committed checkpoint past the first.
+        saved = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
+        if any(s >= 10 for s in saved) or proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
+    assert 10 <= killed_at < steps
+    for workdir in (killed_dir, clean_dir):
+        subprocess.run(
+            _vqgan_command(workdir, data_dir, steps, cache_dir),
+            cwd=REPO_ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    resumed, _ = workdir_lib.load(str(killed_dir)).restore()
+    clean, _ = workdir_lib.load(str(clean_dir)).restore()
+    assert int(resumed.step) == int(clean.step) == steps
+    assert set(clean.model_state) == {"autoencoder", "discriminator", "lecam"}
+    chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(clean))
+
+
+def test_a_vqgan_workdir_loads_and_exports_as_an_autoencoder(trained_run, tmp_path):
+    workdir, _ = trained_run
+    model = vqlatent.load(workdir)
     images = (np.random.default_rng(0).random((5, 8, 8, 1)) * 255).astype(np.uint8)
-    run = workdir_lib.load(resumed_dir)
+    run = workdir_lib.load(workdir)
     state, _ = run.restore()
     expected = jax.device_get(jax.jit(run.task.encode_codes)(state, images.astype(np.float32) / 255))
     for level, codes in model.encode(images).items():
@@ -337,7 +407,7 @@ def test_a_vqgan_workdir_loads_and_exports_as_an_autoencoder(resumed_runs, tmp_p
     export_dir = str(tmp_path / "export")
     config = cli_config.get_config()
     config.export.update(dict(dir=export_dir, evaluate=False))
-    main_lib.run(config, resumed_dir, "export")
+    main_lib.run(config, workdir, "export")
     np.testing.assert_array_equal(vqlatent.load(export_dir).reconstruct(images), model.reconstruct(images))
 
 
@@ -352,8 +422,8 @@ def test_reconstruction_frechet_distance_maths():
         reconstruction_fd.frechet_distances(real, real[:10])
 
 
-def test_reconstruction_fd_of_a_trained_workdir(resumed_runs, data_dir, tmp_path):
-    resumed_dir, _, _ = resumed_runs
+def test_reconstruction_fd_of_a_trained_workdir(trained_run, data_dir, tmp_path):
+    workdir, _ = trained_run
     clf = load_config("classifier")
     clf.data.data_dir, clf.data.num_workers = data_dir, 1
     clf.model.dense_features = 8
@@ -361,12 +431,12 @@ def test_reconstruction_fd_of_a_trained_workdir(resumed_runs, data_dir, tmp_path
     clf_dir = str(tmp_path / "classifier")
     loop.train_and_evaluate(clf, clf_dir)
     with pytest.raises(ValueError, match="model_name='vqgan' run, not a classifier"):
-        reconstruction_fd.reconstruction_fd(resumed_dir, resumed_dir)
-    result = reconstruction_fd.reconstruction_fd(resumed_dir, clf_dir, batch_size=128)
+        reconstruction_fd.reconstruction_fd(workdir, workdir)
+    result = reconstruction_fd.reconstruction_fd(workdir, clf_dir, batch_size=128)
     assert result["num_examples"] == 300 and result["step"] == 4 and result["feature_dim"] == 8
     assert result["rfd"] > 0 and result["rfd_halves"] > 0 and result["rfd_floor"] > 0
     assert 0 <= result["recon_accuracy"] <= 1 and result["psnr"] > 0
-    with open(os.path.join(resumed_dir, "eval", "rfd_00000004.json")) as f:
+    with open(os.path.join(workdir, "eval", "rfd_00000004.json")) as f:
         assert json.load(f)["rfd"] == result["rfd"]
 
 
