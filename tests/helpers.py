@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
+import signal
+import subprocess
+import time
 
 import jax
 
@@ -25,6 +28,29 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
+
+
+def kill_after_a_checkpoint(cmd: list[str], workdir, min_step: int = 10, timeout: float = 240) -> int:
+    """Starts the training command `cmd` (a child process in REPO_ROOT), waits until its workdir holds
+    a committed checkpoint of step >= `min_step`, kills it with SIGKILL and returns the newest
+    checkpoint's step (asserting that the run was killed, not finished)."""
+    ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+
+    def saved():
+        return [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
+
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not any(s >= min_step for s in saved()):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = max(saved())
+    assert killed_at >= min_step
+    return killed_at
 
 
 def load_config(name: str, arg: str | None = None):

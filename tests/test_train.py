@@ -3,17 +3,22 @@
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import chex
 import jax
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, run_steps, subprocess_env, tiny_vqvae_config
+from helpers import (
+    REPO_ROOT,
+    kill_after_a_checkpoint,
+    load_config,
+    run_steps,
+    subprocess_env,
+    tiny_vqvae_config,
+)
 
 from vqlatent import data as data_lib
 from vqlatent import main as main_lib
@@ -118,25 +123,8 @@ def test_sigkill_then_rerun_resumes_bit_exactly(tmp_path, data_dir):
     # Make sure the dataset is prepared before the timing-sensitive part.
     data_lib.get_spec(tiny_vqvae_config(data_dir).data)
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(
-        _main_command(killed_dir, data_dir, steps),
-        cwd=REPO_ROOT,
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    ckpt_dir = killed_dir / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # Wait for a committed checkpoint past the first.
-        steps_saved = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
-        if any(s >= 10 for s in steps_saved) or proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-    assert 10 <= killed_at < steps
+    killed_at = kill_after_a_checkpoint(_main_command(killed_dir, data_dir, steps), killed_dir)
+    assert killed_at < steps
 
     subprocess.run(
         _main_command(killed_dir, data_dir, steps),

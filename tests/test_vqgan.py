@@ -6,10 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import types
 
 import chex
@@ -18,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, load_config, run_steps, subprocess_env
+from helpers import REPO_ROOT, kill_after_a_checkpoint, load_config, run_steps, subprocess_env
 
 import vqlatent
 from vqlatent import data as data_lib
@@ -360,26 +358,9 @@ def test_sigkill_then_rerun_resumes_bit_exactly_with_both_networks(data_dir, tmp
     data_lib.get_spec(tiny_config(data_dir).data)  # Prepared before the timing-sensitive part.
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     cache_dir = str(tmp_path / "compilation_cache")
+    killed_at = kill_after_a_checkpoint(_vqgan_command(killed_dir, data_dir, steps, cache_dir), killed_dir)
+    assert killed_at < steps
     env = subprocess_env()
-    proc = subprocess.Popen(
-        _vqgan_command(killed_dir, data_dir, steps, cache_dir),
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    ckpt_dir = killed_dir / "checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline:  # Wait for a committed checkpoint past the first.
-        saved = [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
-        if any(s >= 10 for s in saved) or proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
-    assert 10 <= killed_at < steps
     for workdir in (killed_dir, clean_dir):
         subprocess.run(
             _vqgan_command(workdir, data_dir, steps, cache_dir),
