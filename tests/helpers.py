@@ -30,25 +30,34 @@ def subprocess_env(num_devices: int = 1) -> dict[str, str]:
     return env
 
 
+def checkpoint_steps(workdir) -> list[int]:
+    """The steps of the checkpoints committed in `workdir`, ascending."""
+    directory = os.path.join(workdir, "checkpoints")
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
+
+
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> bool:
+    """Polls `predicate()` while the child `proc` runs; whether it held before `timeout` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def kill_after_a_checkpoint(cmd: list[str], workdir, min_step: int = 10, timeout: float = 240) -> int:
     """Starts the training command `cmd` (a child process in REPO_ROOT), waits until its workdir holds
     a committed checkpoint of step >= `min_step`, kills it with SIGKILL and returns the newest
     checkpoint's step (asserting that the run was killed, not finished)."""
-    ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-
-    def saved():
-        return [int(n) for n in os.listdir(ckpt_dir) if n.isdigit()] if ckpt_dir.exists() else []
-
     proc = subprocess.Popen(
         cmd, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not any(s >= min_step for s in saved()):
-        time.sleep(0.1)
+    wait_for(lambda: max(checkpoint_steps(workdir), default=0) >= min_step, proc, timeout)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = max(saved())
+    killed_at = max(checkpoint_steps(workdir))
     assert killed_at >= min_step
     return killed_at
 

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import REPO_ROOT, subprocess_env, tiny_vqvae_config
+from helpers import REPO_ROOT, checkpoint_steps, subprocess_env, tiny_vqvae_config, wait_for
 from PIL import Image
 
 from vqlatent import config_checks
@@ -277,20 +277,6 @@ def _main(workdir, data_dir, *extra):
     ]
 
 
-def _wait_for(predicate, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def _steps(workdir):
-    directory = os.path.join(workdir, "checkpoints")
-    return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(directory) else []
-
-
 def _popen_as_from_a_terminal(args):
     """The run with Ctrl-C's default disposition (a background or CI shell may have it ignored,
     and an ignored signal is inherited; a handler is not)."""
@@ -306,12 +292,12 @@ def test_ctrl_c_finishes_the_step_saves_and_exits(tmp_path, data_dir):
     workdir = str(tmp_path / "wd")
     args = _main(workdir, data_dir, "--config.num_train_steps=100000", "--config.checkpoint_every_steps=5")
     proc = _popen_as_from_a_terminal(args)
-    assert _wait_for(lambda: 5 in _steps(workdir), proc), "no checkpoint before the deadline"
+    assert wait_for(lambda: 5 in checkpoint_steps(workdir), proc), "no checkpoint before the deadline"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
-    saved = max(_steps(workdir))
+    saved = max(checkpoint_steps(workdir))
     assert f"Interrupted (Ctrl-C): step {saved} was finished and saved" in stderr
     assert ckpt_lib.verify(os.path.join(workdir, "checkpoints", str(saved))) is None
 
@@ -348,8 +334,10 @@ def test_sigkill_during_saves_again_and_again_then_resumes_bit_exactly(tmp_path,
         proc = subprocess.Popen(
             args, cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        target = max(_steps(workdir), default=0) + 3 + kill  # Each kill a little later in the run.
-        _wait_for(lambda t=target: max(_steps(workdir), default=0) >= t and _in_a_save(workdir), proc)
+        target = max(checkpoint_steps(workdir), default=0) + 3 + kill  # Each kill a little later in the run.
+        wait_for(
+            lambda t=target: max(checkpoint_steps(workdir), default=0) >= t and _in_a_save(workdir), proc
+        )
         proc.kill()
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
