@@ -1,6 +1,9 @@
 """Test setup: 8 CPU devices for the sharding tests (must run before jax is imported)."""
 
 import os
+import pathlib
+
+import pytest
 
 # XLA:CPU aborts the whole process ("Fatal Python error: Aborted", "Termination timeout for `all
 # reduce ...` of 40 seconds exceeded ... only 7 of them arrived") when one of the 8 simulated devices
@@ -14,9 +17,26 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import pathlib
 
-import pytest
+def _pin_xdist_worker() -> None:
+    """Gives each pytest-xdist worker its own share of this process's CPUs (before jax is imported).
+
+    XLA:CPU sizes its thread pools by the CPUs a process may run on. Two workers on 2 cores each
+    start pools of 2 threads (more with the 8 simulated devices), and their threads preempt each
+    other; pinned, each worker's XLA runs on its own core, and so do the child processes it starts
+    (docs/lab/testing.md: the suite's wall time, both ways). Nothing changes without xdist, or with
+    fewer CPUs than workers.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) >= count:
+        os.sched_setaffinity(0, cpus[int(worker[2:]) % count :: count])
+
+
+_pin_xdist_worker()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO_ROOT.parent / "shared" / "data" / "mnist"

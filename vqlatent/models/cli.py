@@ -123,9 +123,9 @@ def export_mode(config: ml_collections.ConfigDict, model_path: str) -> dict[str,
     evaluation = {}
     if options.get("evaluate", True):
         try:
-            evaluation = export_lib.evaluation_record(
-                model, options.get("eval_examples"), int(options.get("eval_batch_size", 256))
-            )
+            batch_size = int(options.get("eval_batch_size", 256))
+            evaluation = export_lib.evaluation_record(model, options.get("eval_examples"), batch_size)
+            evaluation = export_lib.with_spot_check(model, evaluation, batch_size)
         except (OSError, ValueError) as e:  # Data not readable here: the card says so.
             logging.warning("Not evaluated: the training data could not be read (%s).", e)
     return export_lib.export(model, options.dir, evaluation, portable=bool(options.get("portable", False)))
