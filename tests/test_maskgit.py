@@ -446,5 +446,15 @@ def test_sample_mode_runs_the_chain_with_maskgit_and_pixelcnn_priors_mixed(tmp_p
         np.testing.assert_array_equal(
             samples.codes[level], outputs["maskgit+pixelcnn"]["codes_by_level"][level]
         )
+    # choice_temperature reaches the MaskGIT prior: its config's value draws the same codes, greedy
+    # choice (0) others; a bad value is the sampler's clear error.
+    assert config.sample.choice_temperature == 4.5
+    kwargs = dict(labels=np.repeat(np.arange(10), 2), seed=0, batch_size=100)
+    same = chain.sample(20, choice_temperature=4.5, **kwargs)
+    np.testing.assert_array_equal(same.codes["top"], samples.codes["top"])
+    greedy = chain.sample(20, choice_temperature=0.0, **kwargs)
+    assert not np.array_equal(greedy.codes["top"], samples.codes["top"])
+    with pytest.raises(MaskGITInputError, match=r"choice_temperature=-1.0: must be a finite number >= 0"):
+        chain.sample(2, choice_temperature=-1.0)
     # Bits per code only for the priors with a likelihood (the PixelCNN bottom).
     assert set(chain.bits_per_code(chain.autoencoder.encode(samples.images), samples.labels)) == {"bottom"}

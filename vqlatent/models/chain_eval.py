@@ -3,13 +3,14 @@ workdir, an export or pretrained:NAME, with lower priors from workdirs or from a
 of an export's own with --lower_priors).
 
   python -m vqlatent.models.chain_eval --model=M --classifier_workdir=C --output_dir=OUT \
-      [--lower_priors=bottom=pretrained:mnist_vqvae2_chain] [--num_steps=T] [--temperature=1.0] \
-      [--per_class=100] [--seed=0] [--batch_size=100] [--manual_dir=MNIST]
+      [--lower_priors=bottom=pretrained:mnist_vqvae2_chain] [--num_steps=T] [--choice_temperature=C] \
+      [--temperature=1.0] [--per_class=100] [--seed=0] [--batch_size=100] [--manual_dir=MNIST]
 
 So a new prior is judged in the chain it will be used in, e.g. a MaskGIT top prior trained on the
 codes of `pretrained:mnist_vqvae2_chain` (`--mode=encode --config.encode.input=training_data`) above
 that chain's PixelCNN bottom prior, against the chain itself. It draws `per_class` samples per class
-(`PriorChain.sample`; `num_steps` is the MaskGIT priors' decoding steps T), classifies them with the
+(`PriorChain.sample`; `num_steps` is the MaskGIT priors' decoding steps T, `choice_temperature` the
+scale of their confidences' Gumbel noise), classifies them with the
 classifier checkpoint C and reports what `--mode=sample_eval` reports
 (`vqlatent.priors.sample_eval.judge_samples`: label accuracy and the Frechet distance of the
 classifier's features, each next to its floor on as many held-out real images), against the real
@@ -51,6 +52,7 @@ def evaluate_chain(
     seed: int = 0,
     batch_size: int = 100,
     num_steps: int | None = None,
+    choice_temperature: float | None = None,
     data_overrides: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], np.ndarray]:
     """(metrics, the samples float32 [num_classes * per_class, H, W, C] in [0, 1], class by class)
@@ -82,7 +84,7 @@ def evaluate_chain(
         tic = time.time()
         out = chain.sample(
             len(labels), labels=labels, temperature=temperature, seed=seed, batch_size=batch_size,
-            num_steps=num_steps,
+            num_steps=num_steps, choice_temperature=choice_temperature,
         )  # fmt: skip
         timing["sample_seconds"] = time.time() - tic
         return out.images
@@ -96,6 +98,7 @@ def evaluate_chain(
             "temperature": float(temperature),
             "seed": int(seed),
             "num_steps": num_steps,
+            "choice_temperature": choice_temperature,
             "priors": {p.task.level: f"{p.source} (step {p.step})" for p in chain.priors},
             "prior_kinds": {p.task.level: p.config.model_name for p in chain.priors},
             "autoencoder": f"{autoencoder.source} (step {autoencoder.step})",
@@ -116,6 +119,7 @@ def main(_: Any) -> None:
         seed=f["seed"].value,
         batch_size=f["batch_size"].value,
         num_steps=f["num_steps"].value,
+        choice_temperature=f["choice_temperature"].value,
         data_overrides={"manual_dir": f["manual_dir"].value, "data_dir": f["data_dir"].value},
     )
     out = os.path.abspath(f["output_dir"].value)
@@ -157,6 +161,9 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
         seed=flags.DEFINE_integer("seed", 0, "Sampling seed."),
         batch_size=flags.DEFINE_integer("batch_size", 100, "Samples per batch."),
         num_steps=flags.DEFINE_integer("num_steps", None, "Decoding steps of the MaskGIT priors."),
+        choice_temperature=flags.DEFINE_float(
+            "choice_temperature", None, "Gumbel noise scale on the MaskGIT priors' confidences."
+        ),
         manual_dir=flags.DEFINE_string(
             "manual_dir", None, "The training data's files here (data.manual_dir)."
         ),

@@ -107,11 +107,13 @@ class PriorChain:
         seed: int = 0,
         batch_size: int | None = None,
         num_steps: int | None = None,
+        choice_temperature: float | None = None,
     ) -> Samples:
         """Draws `n` images (and their codes) for `labels` (default: the classes in turn).
 
-        `num_steps` sets the decoding steps T of every MaskGIT prior of the chain (default: each
-        prior's `config.sample.num_steps`); a chain without one refuses it.
+        `num_steps` sets the decoding steps T of every MaskGIT prior of the chain and
+        `choice_temperature` the scale of the Gumbel noise on their confidences (0: greedy; default:
+        each prior's `config.sample` options); a chain without a MaskGIT prior refuses them.
         """
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SampleOptionError(f"sample(n={n!r}): n must be an integer >= 1.")
@@ -133,7 +135,7 @@ class PriorChain:
             labels = labels.astype(np.int32)
         draw = labels if labels is not None else np.zeros((int(n),), np.int32)
         codes, images = generate.sample_images(
-            self._with_num_steps(num_steps),
+            self._with_decode_options(num_steps, choice_temperature),
             draw,
             jax.random.PRNGKey(int(seed)),
             float(temperature),
@@ -141,20 +143,28 @@ class PriorChain:
         )
         return Samples(images=images.astype(np.float32), codes=codes, labels=labels)
 
-    def _with_num_steps(self, num_steps: int | None) -> _Hierarchy:
-        if num_steps is None:
+    def _with_decode_options(self, num_steps: int | None, choice_temperature: float | None) -> _Hierarchy:
+        options = {
+            k: v
+            for k, v in (("num_steps", num_steps), ("choice_temperature", choice_temperature))
+            if v is not None
+        }
+        if not options:
             return self._hierarchy
         kinds = [spec.get("kind", "pixelcnn") for spec in self._hierarchy.priors]
         if "maskgit" not in kinds:
+            given = ", ".join(f"{k}={v!r}" for k, v in options.items())
             raise SampleOptionError(
-                f"sample(num_steps={num_steps!r}): only MaskGIT priors take a number of decoding steps, "
-                f"and this chain's priors are {kinds}; leave num_steps=None."
+                f"sample({given}): only MaskGIT priors take decoding options, and this chain's priors "
+                f"are {kinds}; leave {' and '.join(options)} None."
             )
-        maskgit_sampling.check_decode_options(num_steps, 1.0, "cosine")
+        maskgit_sampling.check_decode_options(
+            options.get("num_steps", 1), options.get("choice_temperature", 1.0), "cosine"
+        )
+        if "choice_temperature" in options:
+            options["choice_temperature"] = float(options["choice_temperature"])
         priors = [
-            {**spec, "decode": {**spec["decode"], "num_steps": int(num_steps)}}
-            if spec.get("kind") == "maskgit"
-            else spec
+            {**spec, "decode": {**spec["decode"], **options}} if spec.get("kind") == "maskgit" else spec
             for spec in self._hierarchy.priors
         ]
         return dataclasses.replace(self._hierarchy, priors=priors)
