@@ -10,8 +10,8 @@ So a new prior is judged in the chain it will be used in, e.g. a MaskGIT top pri
 codes of `pretrained:mnist_vqvae2_chain` (`--mode=encode --config.encode.input=training_data`) above
 that chain's PixelCNN bottom prior, against the chain itself. It draws `per_class` samples per class
 (`PriorChain.sample`; `num_steps` is the MaskGIT priors' decoding steps T, `choice_temperature` the
-scale of their confidences' Gumbel noise), classifies them with the
-classifier checkpoint C and reports what `--mode=sample_eval` reports
+scale of their confidences' Gumbel noise), classifies them with the classifier checkpoint C and
+reports what `--mode=sample_eval` reports
 (`vqlatent.priors.sample_eval.judge_samples`: label accuracy and the Frechet distance of the
 classifier's features, each next to its floor on as many held-out real images), against the real
 eval split of the autoencoder's training data (its recorded data config; `--manual_dir` /

@@ -161,8 +161,7 @@ class PriorChain:
         maskgit_sampling.check_decode_options(
             options.get("num_steps", 1), options.get("choice_temperature", 1.0), "cosine"
         )
-        if "choice_temperature" in options:
-            options["choice_temperature"] = float(options["choice_temperature"])
+        options = {k: (int(v) if k == "num_steps" else float(v)) for k, v in options.items()}
         priors = [
             {**spec, "decode": {**spec["decode"], **options}} if spec.get("kind") == "maskgit" else spec
             for spec in self._hierarchy.priors
