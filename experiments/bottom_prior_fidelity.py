@@ -35,8 +35,9 @@ from absl import app, flags
 from vqlatent import data as data_lib
 from vqlatent.data.device import images_to_float
 from vqlatent.evaluation import images as image_lib
+from vqlatent.evaluation import metrics, sample_quality
 from vqlatent.models import loading
-from vqlatent.priors import generate, maskgit_sampling, sampling
+from vqlatent.priors import generate, maskgit_sampling, sample_eval, sampling
 from vqlatent.trainers import workdir as workdir_lib
 
 _MODEL = flags.DEFINE_string("model", "pretrained:mnist_vqvae2_chain", "The chain (autoencoder + priors).")
@@ -63,25 +64,26 @@ def _real_test_images(chain, n: int, batch: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _resample_bottom(spec, top: np.ndarray, labels: np.ndarray, batch: int, seed: int) -> np.ndarray:
-    """Bottom codes drawn by the prior `spec` below the given top codes, `batch` at a time."""
+    """Bottom codes drawn by the prior `spec` below the given top codes, `batch` at a time (batch b
+    with fold_in(seed, b)), at temperature 1."""
     out = []
     for b, start, stop in generate.padded_batches(len(labels), batch):
-        rng = jax.random.fold_in(jax.random.PRNGKey(seed), b)
-        args = (rng, stop - start, labels[start:stop], top[start:stop], 1.0)
+        rng, n = jax.random.fold_in(jax.random.PRNGKey(seed), b), stop - start
         if spec["kind"] == "maskgit":
-            codes = maskgit_sampling.sample_level(spec, *args)
+            codes = maskgit_sampling.sample_level(spec, rng, n, labels[start:stop], top[start:stop], 1.0)
         else:
             codes = sampling.sample_codes_cached(
-                spec["model"], spec["variables"], rng, tuple(spec["shape"]), stop - start,
+                spec["model"], spec["variables"], rng, tuple(spec["shape"]), n,
                 labels=labels[start:stop], cond_codes=top[start:stop], temperature=1.0,
             )  # fmt: skip
         out.append(np.asarray(jax.device_get(codes)))
     return np.concatenate(out)
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _mean_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over images of each image's PSNR (dB, [0, 1] scale)."""
     mse = np.mean((a.astype(np.float64) - b) ** 2, axis=(1, 2, 3))
-    return 10 * np.log10(1.0 / np.maximum(mse, 1e-10))
+    return float(np.mean([metrics.psnr(float(m)) for m in mse]))
 
 
 def main(argv) -> None:
@@ -102,11 +104,8 @@ def main(argv) -> None:
     classify = jax.jit(lambda s, x: classifier.task.classify(s, images_to_float(x)))
 
     def predict(images: np.ndarray) -> np.ndarray:
-        out = [
-            np.asarray(jax.device_get(classify(clf_state, images[i : i + _BATCH.value]))["logits"])
-            for i in range(0, len(images), _BATCH.value)
-        ]
-        return np.argmax(np.concatenate(out), axis=-1)
+        logits, _ = sample_eval._classify(classify, clf_state, images, _BATCH.value)  # pylint: disable=protected-access
+        return sample_quality.predicted_labels(logits)
 
     images, labels = _real_test_images(chain, _NUM_IMAGES.value, _BATCH.value)
     codes = ae.encode(images)
@@ -116,7 +115,6 @@ def main(argv) -> None:
     rows = {
         "reconstruction (true bottom codes)": {
             "accuracy": float(np.mean(predict(recon) == labels)),
-            "psnr_to_reconstruction": float("inf"),
         }
     }
     grids = {}
@@ -133,7 +131,7 @@ def main(argv) -> None:
             pred_same, pred_conflict = predict(same_img), predict(conflict_img)
             rows[key] = {
                 "accuracy": float(np.mean(pred_same == labels)),
-                "psnr_to_reconstruction": float(np.mean(_psnr(same_img, recon))),
+                "psnr_to_reconstruction": _mean_psnr(same_img, recon),
                 "bottom_codes_equal": float(np.mean(same == codes[bottom_name])),
                 "conflict_top_digit": float(np.mean(pred_conflict == labels)),
                 "conflict_wrong_label": float(np.mean(pred_conflict == wrong)),
